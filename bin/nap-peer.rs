@@ -1,0 +1,180 @@
+//! `nap-peer`: share a folder, search the index, download from other peers.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use argh::FromArgs;
+use nap::peer::client::IndexClient;
+use nap::peer::{shell, PeerConfig, PeerNode};
+
+/// A nap peer: shares a folder, finds files through the index, downloads them from other peers.
+#[derive(FromArgs)]
+struct Args {
+    #[argh(subcommand)]
+    command: Command,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Command {
+    Serve(Serve),
+    Search(Search),
+}
+
+/// Share a folder and run the interactive shell (or, with --daemon, just serve).
+#[derive(FromArgs)]
+#[argh(subcommand, name = "serve")]
+struct Serve {
+    /// the shared folder
+    #[argh(option, default = "PathBuf::from(\".\")")]
+    dir: PathBuf,
+    /// where the file server listens, host:port (port 0 picks a free one)
+    #[argh(option, default = "String::from(\"127.0.0.1:0\")")]
+    listen: String,
+    /// host:port other peers should use, if not the listen address (0.0.0.0, NAT)
+    #[argh(option)]
+    advertise: Option<String>,
+    /// index servers, comma-separated, in order of preference
+    #[argh(option, default = "String::from(\"http://127.0.0.1:7070\")")]
+    index: String,
+    /// seconds an index call may take per phase before the next server is tried
+    #[argh(option, default = "2.0")]
+    index_timeout: f64,
+    /// seconds between rescans of the shared folder
+    #[argh(option, default = "10.0")]
+    rescan_interval: f64,
+    /// concurrent uploads to other peers
+    #[argh(option, default = "4")]
+    upload_slots: usize,
+    /// run without the shell, until killed
+    #[argh(switch)]
+    daemon: bool,
+}
+
+/// Search the index once and print the results.
+#[derive(FromArgs)]
+#[argh(subcommand, name = "search")]
+struct Search {
+    /// what to look for: an exact name or keywords
+    #[argh(positional)]
+    text: String,
+    /// index servers, comma-separated, in order of preference
+    #[argh(option, default = "String::from(\"http://127.0.0.1:7070\")")]
+    index: String,
+    /// seconds an index call may take per phase
+    #[argh(option, default = "2.0")]
+    index_timeout: f64,
+    /// most results to show
+    #[argh(option, default = "50")]
+    limit: usize,
+    /// print the raw JSON answer
+    #[argh(switch)]
+    json: bool,
+}
+
+fn seconds(flag: &str, value: f64) -> Duration {
+    Duration::try_from_secs_f64(value).unwrap_or_else(|_| {
+        eprintln!("nap-peer: --{flag} must be a non-negative number of seconds");
+        std::process::exit(2)
+    })
+}
+
+fn servers(list: &str) -> Vec<String> {
+    list.split(',').map(str::to_string).collect()
+}
+
+fn main() {
+    let args: Args = argh::from_env();
+    let code = match args.command {
+        Command::Serve(serve) => run_serve(serve),
+        Command::Search(search) => run_search(search),
+    };
+    std::process::exit(code);
+}
+
+fn run_serve(args: Serve) -> i32 {
+    // The shell owns the terminal: only warnings go to stderr unless RUST_LOG says otherwise.
+    nap::init_logging(if args.daemon {
+        log::LevelFilter::Info
+    } else {
+        log::LevelFilter::Warn
+    });
+    let config = PeerConfig {
+        dir: args.dir,
+        listen: args.listen,
+        advertise: args.advertise,
+        index: servers(&args.index),
+        index_timeout: seconds("index-timeout", args.index_timeout),
+        rescan_interval: seconds("rescan-interval", args.rescan_interval),
+        upload_slots: args.upload_slots,
+    };
+    let node = match PeerNode::start(config) {
+        Ok(node) => node,
+        Err(e) => {
+            eprintln!("nap-peer: cannot start: {e}");
+            return 1;
+        }
+    };
+    let peer = node.peer();
+    println!(
+        "nap peer serving {} at {} (index: {})",
+        peer.store.dir().display(),
+        peer.addr(),
+        peer.index.servers().join(", ")
+    );
+    if args.daemon {
+        loop {
+            std::thread::park();
+        }
+    }
+    println!("type help for commands");
+    let mut out = io::stdout();
+    let result = shell::run(peer, io::stdin().lock(), &mut out);
+    let _ = out.flush();
+    node.stop();
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("nap-peer: {e}");
+            1
+        }
+    }
+}
+
+fn run_search(args: Search) -> i32 {
+    nap::init_logging(log::LevelFilter::Warn);
+    let client = IndexClient::new(
+        servers(&args.index),
+        seconds("index-timeout", args.index_timeout),
+    );
+    match client.search(&args.text, args.limit) {
+        Ok(found) if args.json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&found).unwrap_or_default()
+            );
+            0
+        }
+        Ok(found) => {
+            if found.results.is_empty() {
+                println!("No match for {:?}", args.text);
+            }
+            for r in found.results {
+                let holders: Vec<&str> = r.holders.iter().map(|h| h.addr.as_str()).collect();
+                println!(
+                    "{}\tv{}\t{} B\t{}",
+                    r.name,
+                    r.version,
+                    r.size,
+                    holders.join(",")
+                );
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("nap-peer: search failed: {e}");
+            1
+        }
+    }
+}

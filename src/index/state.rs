@@ -1,0 +1,747 @@
+//! The index as a deterministic state machine: `IndexState::apply(op, now)` is the only way
+//! its content changes. It owns peers, their holdings, every file's version history and the
+//! search index. It must not do I/O, read a clock or draw random numbers: time comes in as an
+//! argument and randomness (peer ids, tokens) is decided at the edge and carried in the op, so
+//! that the same ops applied in the same order give the same state anywhere.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::protocol::{FileMeta, Holder, Rejected, SearchResult};
+
+/// Milliseconds since the Unix epoch, as handed in by the caller.
+pub type Millis = u64;
+
+/// Everything that can change the index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// A peer joins or rejoins with its whole file list; its previous holdings are replaced.
+    Register {
+        peer_id: String,
+        token_hash: String,
+        addr: String,
+        files: Vec<FileMeta>,
+    },
+    /// Liveness plus the changes of the peer's file list.
+    Heartbeat {
+        peer_id: String,
+        token_hash: String,
+        added: Vec<FileMeta>,
+        removed: Vec<String>,
+    },
+    /// "I now hold this file at this version."
+    Announce {
+        peer_id: String,
+        token_hash: String,
+        file: FileMeta,
+    },
+    /// A graceful leave: the peer and its holdings go away.
+    Unregister { peer_id: String, token_hash: String },
+    /// Peers found silent for too long; they go as if they had unregistered.
+    Prune { peers: Vec<String> },
+}
+
+/// What a successful `apply` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Registered {
+        /// False when an existing peer registered again.
+        new_peer: bool,
+        rejected: Vec<Rejected>,
+    },
+    HeartbeatAccepted {
+        rejected: Vec<Rejected>,
+    },
+    Announced {
+        latest_version: u64,
+    },
+    Unregistered,
+    Pruned {
+        peers: Vec<String>,
+    },
+}
+
+/// Why an op was refused. A refused op changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateError {
+    /// The peer id is unknown (never registered, pruned, or the index restarted).
+    UnknownPeer(String),
+    /// The token does not belong to the peer id.
+    BadToken(String),
+    /// The op contradicts what the index already holds (e.g. other content under one version).
+    Conflict(String),
+}
+
+impl std::fmt::Display for StateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateError::UnknownPeer(id) => write!(f, "unknown peer {id}; register again"),
+            StateError::BadToken(id) => write!(f, "wrong token for peer {id}"),
+            StateError::Conflict(why) => f.write_str(why),
+        }
+    }
+}
+
+/// One version of a file as the index first learned it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    pub size: u64,
+    pub sha256: String,
+    pub created_ms: Millis,
+}
+
+/// A file's version history and who holds which version. Kept after the last holder leaves,
+/// so a stale copy can never come back as "latest".
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub versions: BTreeMap<u64, VersionInfo>,
+    /// peer id -> the version that peer holds.
+    pub holders: BTreeMap<String, u64>,
+}
+
+impl FileEntry {
+    pub fn latest(&self) -> Option<(u64, &VersionInfo)> {
+        self.versions.iter().next_back().map(|(v, i)| (*v, i))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Peer {
+    pub addr: String,
+    pub token_hash: String,
+    pub last_seen_ms: Millis,
+    pub files: BTreeSet<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct IndexState {
+    seq: u64,
+    peers: HashMap<String, Peer>,
+    files: HashMap<String, FileEntry>,
+    /// Lowercase name token -> names containing it; keyword search never scans all files.
+    tokens: HashMap<String, HashSet<String>>,
+}
+
+/// Splits a name or query into lowercase alphanumeric tokens ("My_Song-01.mp3" ->
+/// ["my", "song", "01", "mp3"]).
+pub fn tokenize(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|t| !t.is_empty())
+        .map(str::to_lowercase)
+}
+
+/// The form in which a peer's secret token is kept: the index never stores the token itself.
+pub fn hash_token(token: &str) -> String {
+    hex(&Sha256::digest(token.as_bytes()))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+impl IndexState {
+    /// An empty state with room for `peers` peers and `files` names, so the maps do not
+    /// rehash under the write lock while the index warms up.
+    pub fn with_capacity(peers: usize, files: usize) -> Self {
+        IndexState {
+            seq: 0,
+            peers: HashMap::with_capacity(peers),
+            files: HashMap::with_capacity(files),
+            tokens: HashMap::with_capacity(files),
+        }
+    }
+
+    /// Sequence number of the last op that changed the state.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Names that at least one live peer holds.
+    pub fn held_file_count(&self) -> usize {
+        self.files
+            .values()
+            .filter(|f| !f.holders.is_empty())
+            .count()
+    }
+
+    pub fn peer(&self, peer_id: &str) -> Option<&Peer> {
+        self.peers.get(peer_id)
+    }
+
+    pub fn file(&self, name: &str) -> Option<&FileEntry> {
+        self.files.get(name)
+    }
+
+    /// Applies one op. On `Err` nothing changed; on `Ok` the sequence number went up by one.
+    pub fn apply(&mut self, op: Op, now: Millis) -> Result<Outcome, StateError> {
+        let outcome = match op {
+            Op::Register {
+                peer_id,
+                token_hash,
+                addr,
+                files,
+            } => {
+                let new_peer = match self.peers.get_mut(&peer_id) {
+                    Some(peer) => {
+                        check_token(&peer_id, peer, &token_hash)?;
+                        peer.addr = addr;
+                        peer.last_seen_ms = now;
+                        false
+                    }
+                    None => {
+                        self.peers.insert(
+                            peer_id.clone(),
+                            Peer {
+                                addr,
+                                token_hash,
+                                last_seen_ms: now,
+                                files: BTreeSet::new(),
+                            },
+                        );
+                        true
+                    }
+                };
+                // The list replaces what the peer held before.
+                let listed: HashSet<&str> = files.iter().map(|f| f.name.as_str()).collect();
+                let dropped: Vec<String> = self.peers[&peer_id]
+                    .files
+                    .iter()
+                    .filter(|name| !listed.contains(name.as_str()))
+                    .cloned()
+                    .collect();
+                for name in dropped {
+                    self.drop_holding(&peer_id, &name);
+                }
+                let rejected = self.add_holdings(&peer_id, files, now);
+                Outcome::Registered { new_peer, rejected }
+            }
+            Op::Heartbeat {
+                peer_id,
+                token_hash,
+                added,
+                removed,
+            } => {
+                let peer = self.authed_peer(&peer_id, &token_hash)?;
+                peer.last_seen_ms = now;
+                for name in removed {
+                    self.drop_holding(&peer_id, &name);
+                }
+                let rejected = self.add_holdings(&peer_id, added, now);
+                Outcome::HeartbeatAccepted { rejected }
+            }
+            Op::Announce {
+                peer_id,
+                token_hash,
+                file,
+            } => {
+                let peer = self.authed_peer(&peer_id, &token_hash)?;
+                peer.last_seen_ms = now;
+                let name = file.name.clone();
+                self.check_holding(&file).map_err(StateError::Conflict)?;
+                self.add_holding(&peer_id, file, now);
+                let latest_version = self.files[&name].latest().map_or(0, |(v, _)| v);
+                Outcome::Announced { latest_version }
+            }
+            Op::Unregister {
+                peer_id,
+                token_hash,
+            } => {
+                self.authed_peer(&peer_id, &token_hash)?;
+                self.remove_peer(&peer_id);
+                Outcome::Unregistered
+            }
+            Op::Prune { peers } => {
+                let peers: Vec<String> = peers
+                    .into_iter()
+                    .filter(|id| self.remove_peer(id))
+                    .collect();
+                Outcome::Pruned { peers }
+            }
+        };
+        self.seq += 1;
+        Ok(outcome)
+    }
+
+    /// Peers whose last sign of life is older than `timeout_ms` at `now`.
+    pub fn silent_peers(&self, now: Millis, timeout_ms: u64) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| now.saturating_sub(p.last_seen_ms) > timeout_ms)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Exact name first, then names containing every token of `query`, most holders first.
+    /// Only files that some peer holds are listed.
+    pub fn search(&self, query: &str, limit: usize) -> Vec<SearchResult> {
+        let mut results = Vec::new();
+        if limit == 0 {
+            return results;
+        }
+        if let Some(r) = self.result_for(query) {
+            results.push(r);
+        }
+        let query_tokens: BTreeSet<String> = tokenize(query).collect();
+        let mut postings: Vec<&HashSet<String>> = Vec::with_capacity(query_tokens.len());
+        for token in &query_tokens {
+            match self.tokens.get(token) {
+                Some(names) => postings.push(names),
+                None => return results,
+            }
+        }
+        postings.sort_by_key(|p| p.len());
+        let Some((smallest, rest)) = postings.split_first() else {
+            return results;
+        };
+        let mut matches: Vec<SearchResult> = smallest
+            .iter()
+            .filter(|name| name.as_str() != query)
+            .filter(|name| rest.iter().all(|p| p.contains(*name)))
+            .filter_map(|name| self.result_for(name))
+            .collect();
+        matches.sort_by(|a, b| {
+            b.holders
+                .len()
+                .cmp(&a.holders.len())
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        results.extend(matches);
+        results.truncate(limit);
+        results
+    }
+
+    /// A SHA-256 over the whole state in a canonical order: equal digests mean equal states.
+    pub fn digest(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.seq.to_be_bytes());
+        let mut peer_ids: Vec<&String> = self.peers.keys().collect();
+        peer_ids.sort();
+        for id in peer_ids {
+            let p = &self.peers[id];
+            let line = serde_json::to_string(&(id, p)).unwrap_or_default();
+            h.update(line.as_bytes());
+        }
+        let mut names: Vec<&String> = self.files.keys().collect();
+        names.sort();
+        for name in names {
+            let line = serde_json::to_string(&(name, &self.files[name])).unwrap_or_default();
+            h.update(line.as_bytes());
+        }
+        hex(&h.finalize())
+    }
+
+    fn result_for(&self, name: &str) -> Option<SearchResult> {
+        let entry = self.files.get(name)?;
+        if entry.holders.is_empty() {
+            return None;
+        }
+        let (version, info) = entry.latest()?;
+        let mut holders = Vec::new();
+        let mut stale_holders = Vec::new();
+        for (peer_id, held) in &entry.holders {
+            let Some(peer) = self.peers.get(peer_id) else {
+                continue;
+            };
+            let holder = Holder {
+                peer_id: peer_id.clone(),
+                addr: peer.addr.clone(),
+            };
+            if *held == version {
+                holders.push(holder);
+            } else {
+                stale_holders.push(holder);
+            }
+        }
+        Some(SearchResult {
+            name: name.to_string(),
+            version,
+            size: info.size,
+            sha256: info.sha256.clone(),
+            holders,
+            stale_holders,
+        })
+    }
+
+    fn authed_peer(&mut self, peer_id: &str, token_hash: &str) -> Result<&mut Peer, StateError> {
+        let peer = self
+            .peers
+            .get_mut(peer_id)
+            .ok_or_else(|| StateError::UnknownPeer(peer_id.to_string()))?;
+        check_token(peer_id, peer, token_hash)?;
+        Ok(peer)
+    }
+
+    /// Records what can be recorded and lists the rest; one bad file does not sink the batch.
+    fn add_holdings(&mut self, peer_id: &str, files: Vec<FileMeta>, now: Millis) -> Vec<Rejected> {
+        let mut rejected = Vec::new();
+        for file in files {
+            match self.check_holding(&file) {
+                Ok(()) => self.add_holding(peer_id, file, now),
+                Err(reason) => {
+                    // The peer no longer counts as a holder of a name it could not record.
+                    self.drop_holding(peer_id, &file.name);
+                    rejected.push(Rejected {
+                        name: file.name,
+                        reason,
+                    });
+                }
+            }
+        }
+        rejected
+    }
+
+    /// Whether a peer may claim `file`: one content per (name, version), and no version gaps.
+    fn check_holding(&self, file: &FileMeta) -> Result<(), String> {
+        let Some(entry) = self.files.get(&file.name) else {
+            return Ok(());
+        };
+        if let Some(known) = entry.versions.get(&file.version) {
+            if known.sha256 != file.sha256 || known.size != file.size {
+                return Err(format!(
+                    "{} v{} already exists with other content (sha256 {}); \
+                     fetch that version or publish a new one",
+                    file.name, file.version, known.sha256
+                ));
+            }
+            return Ok(());
+        }
+        let latest = entry.latest().map_or(0, |(v, _)| v);
+        if file.version > latest + 1 {
+            return Err(format!(
+                "{} v{} skips versions: the latest known is v{latest}",
+                file.name, file.version
+            ));
+        }
+        Ok(())
+    }
+
+    /// Records a holding already checked by `check_holding`.
+    fn add_holding(&mut self, peer_id: &str, file: FileMeta, now: Millis) {
+        let entry = match self.files.get_mut(&file.name) {
+            Some(entry) => entry,
+            None => {
+                for token in tokenize(&file.name) {
+                    self.tokens
+                        .entry(token)
+                        .or_default()
+                        .insert(file.name.clone());
+                }
+                self.files.entry(file.name.clone()).or_default()
+            }
+        };
+        entry
+            .versions
+            .entry(file.version)
+            .or_insert_with(|| VersionInfo {
+                size: file.size,
+                sha256: file.sha256,
+                created_ms: now,
+            });
+        entry.holders.insert(peer_id.to_string(), file.version);
+        if let Some(peer) = self.peers.get_mut(peer_id) {
+            peer.files.insert(file.name);
+        }
+    }
+
+    fn drop_holding(&mut self, peer_id: &str, name: &str) {
+        if let Some(entry) = self.files.get_mut(name) {
+            entry.holders.remove(peer_id);
+        }
+        if let Some(peer) = self.peers.get_mut(peer_id) {
+            peer.files.remove(name);
+        }
+    }
+
+    /// Removes a peer and its holdings; false when it was not there.
+    fn remove_peer(&mut self, peer_id: &str) -> bool {
+        let Some(peer) = self.peers.remove(peer_id) else {
+            return false;
+        };
+        for name in &peer.files {
+            if let Some(entry) = self.files.get_mut(name) {
+                entry.holders.remove(peer_id);
+            }
+        }
+        true
+    }
+}
+
+fn check_token(peer_id: &str, peer: &Peer, token_hash: &str) -> Result<(), StateError> {
+    // Compare without an early exit, so timing does not tell how much of a guess was right.
+    let a = peer.token_hash.as_bytes();
+    let b = token_hash.as_bytes();
+    let same = a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(StateError::BadToken(peer_id.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(name: &str, version: u64, content: &str) -> FileMeta {
+        FileMeta {
+            name: name.into(),
+            version,
+            size: content.len() as u64,
+            sha256: hex(&Sha256::digest(content.as_bytes())),
+        }
+    }
+
+    fn register(id: &str, files: Vec<FileMeta>) -> Op {
+        Op::Register {
+            peer_id: id.into(),
+            token_hash: hash_token(&format!("tok-{id}")),
+            addr: format!("127.0.0.1:{}", 9000 + id.len()),
+            files,
+        }
+    }
+
+    fn heartbeat(id: &str, added: Vec<FileMeta>, removed: Vec<&str>) -> Op {
+        Op::Heartbeat {
+            peer_id: id.into(),
+            token_hash: hash_token(&format!("tok-{id}")),
+            added,
+            removed: removed.into_iter().map(String::from).collect(),
+        }
+    }
+
+    #[test]
+    fn register_then_search_finds_holders() {
+        let mut s = IndexState::default();
+        s.apply(register("a", vec![meta("doc.txt", 1, "hello")]), 10)
+            .unwrap();
+        s.apply(register("bb", vec![meta("doc.txt", 1, "hello")]), 11)
+            .unwrap();
+        let r = s.search("doc.txt", 10);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].version, 1);
+        assert_eq!(r[0].holders.len(), 2);
+        assert_eq!(s.seq(), 2);
+        assert_eq!(s.peer_count(), 2);
+    }
+
+    #[test]
+    fn keyword_search_uses_tokens_and_puts_exact_first() {
+        let mut s = IndexState::default();
+        s.apply(
+            register(
+                "a",
+                vec![
+                    meta("Beatles - Help.mp3", 1, "x"),
+                    meta("help", 1, "y"),
+                    meta("help me.txt", 1, "z"),
+                    meta("unrelated.mp3", 1, "w"),
+                ],
+            ),
+            0,
+        )
+        .unwrap();
+        let names: Vec<String> = s.search("help", 10).into_iter().map(|r| r.name).collect();
+        assert_eq!(names, ["help", "Beatles - Help.mp3", "help me.txt"]);
+        let names: Vec<String> = s
+            .search("HELP mp3", 10)
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(names, ["Beatles - Help.mp3"]);
+        assert!(s.search("nothing", 10).is_empty());
+        assert_eq!(s.search("help", 2).len(), 2);
+        assert!(s.search("", 10).is_empty());
+    }
+
+    #[test]
+    fn same_version_with_other_content_is_rejected() {
+        let mut s = IndexState::default();
+        s.apply(register("a", vec![meta("doc.txt", 1, "hello")]), 0)
+            .unwrap();
+        let out = s
+            .apply(register("b", vec![meta("doc.txt", 1, "evil")]), 0)
+            .unwrap();
+        let Outcome::Registered { rejected, .. } = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].name, "doc.txt");
+        let r = s.search("doc.txt", 10);
+        assert_eq!(r[0].holders.len(), 1);
+        assert_eq!(r[0].sha256, meta("doc.txt", 1, "hello").sha256);
+
+        let err = s
+            .apply(
+                Op::Announce {
+                    peer_id: "b".into(),
+                    token_hash: hash_token("tok-b"),
+                    file: meta("doc.txt", 1, "evil"),
+                },
+                0,
+            )
+            .unwrap_err();
+        assert!(matches!(err, StateError::Conflict(_)));
+    }
+
+    #[test]
+    fn new_version_makes_old_holders_stale_and_gaps_are_refused() {
+        let mut s = IndexState::default();
+        s.apply(register("a", vec![meta("doc.txt", 1, "v1")]), 0)
+            .unwrap();
+        s.apply(register("b", vec![meta("doc.txt", 1, "v1")]), 0)
+            .unwrap();
+        s.apply(heartbeat("a", vec![meta("doc.txt", 2, "v2")], vec![]), 1)
+            .unwrap();
+        let r = &s.search("doc.txt", 10)[0];
+        assert_eq!(r.version, 2);
+        assert_eq!(r.holders.len(), 1);
+        assert_eq!(r.holders[0].peer_id, "a");
+        assert_eq!(r.stale_holders[0].peer_id, "b");
+
+        let err = s
+            .apply(
+                Op::Announce {
+                    peer_id: "b".into(),
+                    token_hash: hash_token("tok-b"),
+                    file: meta("doc.txt", 4, "v4"),
+                },
+                2,
+            )
+            .unwrap_err();
+        assert!(matches!(err, StateError::Conflict(ref m) if m.contains("skips")));
+    }
+
+    #[test]
+    fn wrong_token_and_unknown_peer_change_nothing() {
+        let mut s = IndexState::default();
+        s.apply(register("a", vec![meta("doc.txt", 1, "v1")]), 0)
+            .unwrap();
+        let before = s.digest();
+        let hijack = Op::Register {
+            peer_id: "a".into(),
+            token_hash: hash_token("guess"),
+            addr: "127.0.0.1:1".into(),
+            files: vec![],
+        };
+        assert!(matches!(s.apply(hijack, 1), Err(StateError::BadToken(_))));
+        assert!(matches!(
+            s.apply(heartbeat("zz", vec![], vec![]), 1),
+            Err(StateError::UnknownPeer(_))
+        ));
+        let unreg = Op::Unregister {
+            peer_id: "a".into(),
+            token_hash: hash_token("nope"),
+        };
+        assert!(matches!(s.apply(unreg, 1), Err(StateError::BadToken(_))));
+        assert_eq!(s.digest(), before);
+    }
+
+    #[test]
+    fn heartbeat_reports_additions_and_removals() {
+        let mut s = IndexState::default();
+        s.apply(register("a", vec![meta("one", 1, "1")]), 0)
+            .unwrap();
+        s.apply(heartbeat("a", vec![meta("two", 1, "2")], vec!["one"]), 5)
+            .unwrap();
+        assert!(s.search("one", 10).is_empty());
+        assert_eq!(s.search("two", 10).len(), 1);
+        assert_eq!(s.peer("a").unwrap().last_seen_ms, 5);
+        // The history of "one" survives its last holder.
+        assert!(s.file("one").is_some());
+    }
+
+    #[test]
+    fn reregister_replaces_the_file_list() {
+        let mut s = IndexState::default();
+        s.apply(
+            register("a", vec![meta("one", 1, "1"), meta("two", 1, "2")]),
+            0,
+        )
+        .unwrap();
+        s.apply(register("a", vec![meta("two", 1, "2")]), 1)
+            .unwrap();
+        assert!(s.search("one", 10).is_empty());
+        assert_eq!(s.peer("a").unwrap().files.len(), 1);
+    }
+
+    #[test]
+    fn prune_and_unregister_remove_holdings() {
+        let mut s = IndexState::default();
+        s.apply(register("a", vec![meta("f", 1, "1")]), 0).unwrap();
+        s.apply(register("bb", vec![meta("f", 1, "1")]), 0).unwrap();
+        s.apply(heartbeat("bb", vec![], vec![]), 5_000).unwrap();
+        assert_eq!(s.silent_peers(6_000, 3_000), vec!["a".to_string()]);
+        let out = s
+            .apply(
+                Op::Prune {
+                    peers: s.silent_peers(6_000, 3_000),
+                },
+                6_000,
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            Outcome::Pruned {
+                peers: vec!["a".into()]
+            }
+        );
+        assert_eq!(s.search("f", 10)[0].holders.len(), 1);
+        s.apply(
+            Op::Unregister {
+                peer_id: "bb".into(),
+                token_hash: hash_token("tok-bb"),
+            },
+            7_000,
+        )
+        .unwrap();
+        assert!(s.search("f", 10).is_empty());
+        assert_eq!(s.peer_count(), 0);
+        assert_eq!(s.held_file_count(), 0);
+    }
+
+    #[test]
+    fn replaying_the_same_ops_gives_the_same_digest() {
+        let ops = vec![
+            (
+                register("a", vec![meta("x", 1, "1"), meta("y z", 1, "2")]),
+                1,
+            ),
+            (register("b", vec![meta("x", 1, "1")]), 2),
+            (heartbeat("a", vec![meta("x", 2, "3")], vec!["y z"]), 3),
+            (
+                Op::Prune {
+                    peers: vec!["b".into()],
+                },
+                4,
+            ),
+        ];
+        let mut one = IndexState::default();
+        let mut two = IndexState::with_capacity(100, 100);
+        for (op, now) in &ops {
+            one.apply(op.clone(), *now).unwrap();
+        }
+        let mut digests = vec![];
+        for (op, now) in ops {
+            two.apply(op, now).unwrap();
+            digests.push(two.digest());
+        }
+        assert_eq!(one.digest(), two.digest());
+        digests.dedup();
+        assert_eq!(digests.len(), 4, "every op changes the digest");
+    }
+}

@@ -1,0 +1,122 @@
+//! The peer's background agent: registers, heartbeats at the interval the index sets, rescans
+//! the shared folder and reports changes, registers again whenever the index may have lost
+//! track of us, and hands the copy tasks the index sends to a task worker.
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+
+use super::Peer;
+use crate::protocol::{FileMeta, Task};
+
+/// Tasks waiting for the worker; beyond this the index hands them out again later.
+pub const TASK_QUEUE: usize = 256;
+
+/// How long to wait before retrying when no index answers.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Loops until `stop` is closed.
+pub fn run(peer: &Peer, stop: &Receiver<()>, tasks: &Sender<Task>) {
+    let mut last_scan = Instant::now();
+    loop {
+        let wait = if peer.needs_register() {
+            match peer.register() {
+                Ok(response) => {
+                    last_scan = Instant::now();
+                    queue(tasks, response.tasks);
+                    peer.heartbeat_interval()
+                }
+                Err(e) => {
+                    log::warn!("register failed: {e}");
+                    RETRY
+                }
+            }
+        } else {
+            let changes = if last_scan.elapsed() >= peer.config().rescan_interval {
+                last_scan = Instant::now();
+                peer.store.rescan().unwrap_or_else(|e| {
+                    log::warn!("rescan failed: {e}");
+                    Default::default()
+                })
+            } else {
+                Default::default()
+            };
+            match peer.heartbeat(changes) {
+                Ok(response) => {
+                    queue(tasks, response.tasks);
+                    peer.heartbeat_interval()
+                }
+                // The index forgot us (restart, prune): register again right away.
+                Err(e) if e.needs_register() => {
+                    log::info!("index asks us to register again: {e}");
+                    Duration::ZERO
+                }
+                Err(e) => {
+                    log::warn!("heartbeat failed: {e}");
+                    peer.heartbeat_interval().min(RETRY)
+                }
+            }
+        };
+        match stop.recv_timeout(wait) {
+            Err(RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+    }
+}
+
+fn queue(tasks: &Sender<Task>, new: Vec<Task>) {
+    for task in new {
+        match tasks.try_send(task) {
+            Ok(()) => {}
+            Err(TrySendError::Full(t)) => {
+                log::warn!(
+                    "task queue full; dropping task {} (the index will reassign it)",
+                    t.task_id
+                );
+            }
+            Err(TrySendError::Disconnected(_)) => return,
+        }
+    }
+}
+
+/// The task worker: makes each requested copy through the same verified path as `get`, then
+/// announces it. One task at a time, so copies never crowd out the user's own downloads.
+pub fn run_tasks(peer: &Peer, queue: &Receiver<Task>) {
+    while let Ok(task) = queue.recv() {
+        let want = FileMeta {
+            name: task.file.clone(),
+            version: task.version,
+            size: task.size,
+            sha256: task.sha256.clone(),
+        };
+        if crate::protocol::validate_file_meta(&want).is_err() {
+            log::warn!("ignoring malformed task {}", task.task_id);
+            continue;
+        }
+        if peer
+            .store
+            .get(&want.name)
+            .is_some_and(|m| m.version >= want.version)
+        {
+            log::debug!("task {}: already have {}", task.task_id, want.name);
+            continue;
+        }
+        match peer
+            .downloader
+            .fetch(&peer.store, &want, &task.sources, &mut |_, _| {})
+        {
+            Ok(source) => {
+                log::info!(
+                    "task {}: copied {} v{} from {source}",
+                    task.task_id,
+                    want.name,
+                    want.version
+                );
+                if let Err(e) = peer.announce(&want) {
+                    log::warn!("task {}: announce failed: {e}", task.task_id);
+                }
+            }
+            Err(e) => log::warn!("task {}: {} failed: {e}", task.task_id, want.name),
+        }
+    }
+}

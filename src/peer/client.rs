@@ -1,0 +1,192 @@
+//! The peer's client of the index: JSON calls with failover over the ordered server list given
+//! by `--index`. A connection error, a timeout or a 5xx moves the same request to the next
+//! server at once; a 4xx is an answer and is returned as such.
+//!
+//! Every request goes out with `Connection: close`. tiny_http 0.12 keeps a pool thread on each
+//! keep-alive connection for the connection's whole life, and under a burst of new connections
+//! it can queue one behind threads that never come free; one request per connection means a
+//! pool thread is back within one request, so no nap client can be stalled that way.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::protocol::{
+    self, AnnounceRequest, AnnounceResponse, ErrorBody, HeartbeatRequest, HeartbeatResponse,
+    RegisterRequest, RegisterResponse, SearchResponse, StatusResponse, UnregisterRequest,
+};
+
+/// Largest JSON answer read from the index.
+const MAX_ANSWER: u64 = 64 << 20;
+
+#[derive(Debug)]
+pub enum ClientError {
+    /// No server answered; one line per server tried.
+    Unavailable(Vec<String>),
+    /// A server answered with a 4xx.
+    Api { status: u16, body: ErrorBody },
+    /// A server answered 2xx with something we could not read.
+    BadAnswer(String),
+}
+
+impl ClientError {
+    /// The index does not know this peer (any more): register again.
+    pub fn needs_register(&self) -> bool {
+        matches!(self, ClientError::Api { body, .. } if body.reregister)
+    }
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Unavailable(tries) => {
+                write!(f, "no index server answered ({})", tries.join("; "))
+            }
+            ClientError::Api { status, body } => write!(f, "{} (HTTP {status})", body.error),
+            ClientError::BadAnswer(why) => write!(f, "unreadable answer from the index: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// An HTTP agent with per-phase timeouts. (ureq's global and per-call timeouts start a
+/// resolver thread per request, so they are left unset.)
+pub fn http_agent(connect: Duration, answer: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(connect))
+        .timeout_send_request(Some(answer))
+        .timeout_send_body(Some(answer))
+        .timeout_recv_response(Some(answer))
+        .timeout_recv_body(Some(answer))
+        .max_idle_connections(0)
+        .user_agent(concat!("nap/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into()
+}
+
+pub struct IndexClient {
+    servers: Vec<String>,
+    agent: ureq::Agent,
+}
+
+impl IndexClient {
+    /// `servers` are base URLs in order of preference (`http://host:port`); `timeout` bounds
+    /// each phase of a call, the connect phase gets a quarter of it.
+    pub fn new(servers: Vec<String>, timeout: Duration) -> IndexClient {
+        let servers = servers
+            .into_iter()
+            .map(|s| s.trim().trim_end_matches('/').to_string())
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                if s.contains("://") {
+                    s
+                } else {
+                    format!("http://{s}")
+                }
+            })
+            .collect();
+        IndexClient {
+            servers,
+            agent: http_agent(timeout / 4, timeout),
+        }
+    }
+
+    pub fn servers(&self) -> &[String] {
+        &self.servers
+    }
+
+    pub fn register(&self, rq: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
+        self.post(protocol::PATH_REGISTER, rq)
+    }
+
+    pub fn heartbeat(&self, rq: &HeartbeatRequest) -> Result<HeartbeatResponse, ClientError> {
+        self.post(protocol::PATH_HEARTBEAT, rq)
+    }
+
+    pub fn announce(&self, rq: &AnnounceRequest) -> Result<AnnounceResponse, ClientError> {
+        self.post(protocol::PATH_ANNOUNCE, rq)
+    }
+
+    pub fn unregister(&self, rq: &UnregisterRequest) -> Result<serde_json::Value, ClientError> {
+        self.post(protocol::PATH_UNREGISTER, rq)
+    }
+
+    pub fn search(&self, text: &str, limit: usize) -> Result<SearchResponse, ClientError> {
+        let path = format!(
+            "{}?q={}&limit={limit}",
+            protocol::PATH_SEARCH,
+            protocol::url_encode(text)
+        );
+        self.call(&path, None::<&()>)
+    }
+
+    pub fn status(&self) -> Result<StatusResponse, ClientError> {
+        self.call(protocol::PATH_STATUS, None::<&()>)
+    }
+
+    fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.call(path, Some(body))
+    }
+
+    /// Sends the request to each server in turn until one answers (2xx or 4xx).
+    fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let mut tries = Vec::new();
+        for server in &self.servers {
+            let url = format!("{server}{path}");
+            let sent = match body {
+                Some(b) => self
+                    .agent
+                    .post(&url)
+                    .header("Connection", "close")
+                    .send_json(b),
+                None => self.agent.get(&url).header("Connection", "close").call(),
+            };
+            let response = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    log::debug!("{url}: {e}");
+                    tries.push(format!("{server}: {e}"));
+                    continue;
+                }
+            };
+            let status = response.status().as_u16();
+            let bytes = match response
+                .into_body()
+                .with_config()
+                .limit(MAX_ANSWER)
+                .read_to_vec()
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    tries.push(format!("{server}: answer cut off: {e}"));
+                    continue;
+                }
+            };
+            if status >= 500 {
+                tries.push(format!("{server}: HTTP {status}"));
+                continue;
+            }
+            if status >= 400 {
+                let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
+                    error: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+                    reregister: false,
+                });
+                return Err(ClientError::Api { status, body });
+            }
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| ClientError::BadAnswer(format!("{server}{path}: {e}")));
+        }
+        Err(ClientError::Unavailable(tries))
+    }
+}

@@ -1,0 +1,391 @@
+//! A peer: shares a folder (`files`), serves it to other peers (`server`), keeps the index
+//! informed (`agent`, through `client`), fetches files from other peers with verification
+//! (`download`), and offers an interactive shell (`shell`).
+//!
+//! [`Peer`] is the state the shell, the agent and the server share; [`PeerNode`] starts and
+//! stops the threads around it.
+
+pub mod agent;
+pub mod client;
+pub mod download;
+pub mod files;
+pub mod server;
+pub mod shell;
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+
+use client::{ClientError, IndexClient};
+use download::{DownloadError, Downloader, Progress};
+use files::{Changes, Identity, LocalStore};
+
+use crate::protocol::{
+    AnnounceRequest, AnnounceResponse, FileMeta, HeartbeatRequest, HeartbeatResponse,
+    RegisterRequest, RegisterResponse, SearchResult, UnregisterRequest,
+};
+
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// The shared folder.
+    pub dir: PathBuf,
+    /// Where the file server listens (`host:port`; port 0 picks a free one).
+    pub listen: String,
+    /// The `host:port` other peers should use, when it differs from the bound address
+    /// (listening on 0.0.0.0, NAT).
+    pub advertise: Option<String>,
+    /// Index servers in order of preference.
+    pub index: Vec<String>,
+    /// Bound on each phase of an index call; the connect phase gets a quarter.
+    pub index_timeout: Duration,
+    /// How often the shared folder is rescanned for added, changed and removed files.
+    pub rescan_interval: Duration,
+    /// Concurrent uploads to other peers.
+    pub upload_slots: usize,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        PeerConfig {
+            dir: PathBuf::from("."),
+            listen: "127.0.0.1:0".into(),
+            advertise: None,
+            index: vec!["http://127.0.0.1:7070".into()],
+            index_timeout: Duration::from_secs(2),
+            rescan_interval: Duration::from_secs(10),
+            upload_slots: 4,
+        }
+    }
+}
+
+/// What `Peer::get` did.
+#[derive(Debug)]
+pub struct Fetched {
+    pub meta: FileMeta,
+    pub source: String,
+    /// Set when the download succeeded but telling the index failed (it is retried later).
+    pub announce_error: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum GetError {
+    NotFound(String),
+    AlreadyCurrent { local: u64, latest: u64 },
+    Index(ClientError),
+    Download(DownloadError),
+}
+
+impl std::fmt::Display for GetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GetError::NotFound(name) => write!(f, "{name} is not on the index"),
+            GetError::AlreadyCurrent { local, latest } => write!(
+                f,
+                "you already have v{local} (the latest on the index is v{latest})"
+            ),
+            GetError::Index(e) => write!(f, "{e}"),
+            GetError::Download(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+pub struct Peer {
+    pub store: LocalStore,
+    pub index: IndexClient,
+    pub downloader: Downloader,
+    config: PeerConfig,
+    /// The address other peers download from.
+    addr: String,
+    identity: Mutex<Option<Identity>>,
+    heartbeat_interval_ms: AtomicU64,
+    /// Set when the index may have missed a change: the agent then registers the whole list.
+    needs_register: AtomicBool,
+    /// Things the user should hear about (files the index refused); the shell prints them.
+    notices: Mutex<Vec<String>>,
+}
+
+impl Peer {
+    pub fn new(config: PeerConfig, addr: String) -> io::Result<Peer> {
+        let store = LocalStore::open(&config.dir)?;
+        let identity = store.load_identity();
+        Ok(Peer {
+            store,
+            index: IndexClient::new(config.index.clone(), config.index_timeout),
+            downloader: Downloader::new(config.index_timeout.max(Duration::from_secs(5))),
+            addr,
+            identity: Mutex::new(identity),
+            heartbeat_interval_ms: AtomicU64::new(1000),
+            needs_register: AtomicBool::new(true),
+            notices: Mutex::new(Vec::new()),
+            config,
+        })
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub fn config(&self) -> &PeerConfig {
+        &self.config
+    }
+
+    pub fn identity(&self) -> Option<Identity> {
+        self.identity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms.load(Ordering::Relaxed))
+    }
+
+    pub fn needs_register(&self) -> bool {
+        self.needs_register.load(Ordering::Relaxed)
+    }
+
+    pub fn take_notices(&self) -> Vec<String> {
+        std::mem::take(&mut *self.notices.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn notice(&self, text: String) {
+        log::warn!("{text}");
+        self.notices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(text);
+    }
+
+    fn note_rejected(&self, rejected: &[crate::protocol::Rejected]) {
+        for r in rejected {
+            self.notice(format!("the index refused {}: {}", r.name, r.reason));
+        }
+    }
+
+    /// Rescans the folder and registers the whole file list, keeping the identity the index
+    /// hands out (or confirms).
+    pub fn register(&self) -> Result<RegisterResponse, ClientError> {
+        if let Err(e) = self.store.rescan() {
+            log::warn!("rescan of {} failed: {e}", self.store.dir().display());
+        }
+        let identity = self.identity();
+        let rq = RegisterRequest {
+            addr: self.addr.clone(),
+            files: self.store.list(),
+            peer_id: identity.as_ref().map(|i| i.peer_id.clone()),
+            token: identity.as_ref().map(|i| i.token.clone()),
+        };
+        let response = self.index.register(&rq)?;
+        let fresh = Identity {
+            peer_id: response.peer_id.clone(),
+            token: response.token.clone(),
+        };
+        if identity.as_ref() != Some(&fresh) {
+            if let Err(e) = self.store.save_identity(&fresh) {
+                log::warn!("could not save the peer identity: {e}");
+            }
+            *self.identity.lock().unwrap_or_else(|e| e.into_inner()) = Some(fresh);
+        }
+        self.heartbeat_interval_ms
+            .store(response.heartbeat_interval_ms.max(50), Ordering::Relaxed);
+        self.needs_register.store(false, Ordering::Relaxed);
+        self.note_rejected(&response.rejected);
+        Ok(response)
+    }
+
+    /// Tells the index we are alive, with `changes` of the file list. When the report may
+    /// have been lost, the next agent round registers the whole list instead.
+    pub fn heartbeat(&self, changes: Changes) -> Result<HeartbeatResponse, ClientError> {
+        let Some(id) = self.identity() else {
+            self.needs_register.store(true, Ordering::Relaxed);
+            return Err(ClientError::Unavailable(vec!["not registered yet".into()]));
+        };
+        let had_changes = !changes.is_empty();
+        let rq = HeartbeatRequest {
+            peer_id: id.peer_id,
+            token: id.token,
+            added: changes.added,
+            removed: changes.removed,
+        };
+        match self.index.heartbeat(&rq) {
+            Ok(response) => {
+                self.note_rejected(&response.rejected);
+                Ok(response)
+            }
+            Err(e) => {
+                if had_changes || e.needs_register() {
+                    self.needs_register.store(true, Ordering::Relaxed);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Rescans now and reports what changed; returns the changes.
+    pub fn sync_now(&self) -> Result<Changes, String> {
+        let changes = self.store.rescan().map_err(|e| e.to_string())?;
+        if !changes.is_empty() {
+            self.heartbeat(changes.clone()).map_err(|e| e.to_string())?;
+        }
+        Ok(changes)
+    }
+
+    pub fn announce(&self, meta: &FileMeta) -> Result<AnnounceResponse, ClientError> {
+        let Some(id) = self.identity() else {
+            self.needs_register.store(true, Ordering::Relaxed);
+            return Err(ClientError::Unavailable(vec!["not registered yet".into()]));
+        };
+        let rq = AnnounceRequest {
+            peer_id: id.peer_id,
+            token: id.token,
+            file: meta.name.clone(),
+            version: meta.version,
+            size: meta.size,
+            sha256: meta.sha256.clone(),
+            lease_id: None,
+        };
+        self.index.announce(&rq).inspect_err(|_| {
+            // Whatever the index missed, a full register tells it again.
+            self.needs_register.store(true, Ordering::Relaxed);
+        })
+    }
+
+    /// Looks up the exact name on the index.
+    pub fn lookup(&self, name: &str) -> Result<Option<SearchResult>, ClientError> {
+        let found = self.index.search(name, 1)?;
+        Ok(found.results.into_iter().find(|r| r.name == name))
+    }
+
+    /// Downloads the latest version of `name` from its holders, verified, then announces it.
+    pub fn get(&self, name: &str, progress: Progress<'_>) -> Result<Fetched, GetError> {
+        let found = self
+            .lookup(name)
+            .map_err(GetError::Index)?
+            .ok_or_else(|| GetError::NotFound(name.to_string()))?;
+        if let Some(local) = self.store.get(name) {
+            if local.version >= found.version {
+                return Err(GetError::AlreadyCurrent {
+                    local: local.version,
+                    latest: found.version,
+                });
+            }
+        }
+        let want = FileMeta {
+            name: found.name.clone(),
+            version: found.version,
+            size: found.size,
+            sha256: found.sha256.clone(),
+        };
+        let sources: Vec<String> = found
+            .holders
+            .iter()
+            .map(|h| h.addr.clone())
+            .filter(|a| *a != self.addr)
+            .collect();
+        let source = self
+            .downloader
+            .fetch(&self.store, &want, &sources, progress)
+            .map_err(GetError::Download)?;
+        let announce_error = self.announce(&want).err().map(|e| e.to_string());
+        Ok(Fetched {
+            meta: want,
+            source,
+            announce_error,
+        })
+    }
+
+    /// Leaves the index gracefully: our holdings disappear from it at once.
+    pub fn unregister(&self) -> Result<(), ClientError> {
+        let Some(id) = self.identity() else {
+            return Ok(());
+        };
+        self.index
+            .unregister(&UnregisterRequest {
+                peer_id: id.peer_id,
+                token: id.token,
+            })
+            .map(|_| ())
+    }
+}
+
+/// A running peer: file server, agent and task worker around a shared [`Peer`].
+pub struct PeerNode {
+    peer: Arc<Peer>,
+    server: Arc<tiny_http::Server>,
+    stop: Sender<()>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl PeerNode {
+    pub fn start(config: PeerConfig) -> io::Result<PeerNode> {
+        let (server, bound) = crate::net::http_server(&config.listen)?;
+        let server = Arc::new(server);
+        let addr = config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| bound.to_string());
+        let slots = config.upload_slots.max(1);
+        let peer = Arc::new(Peer::new(config, addr)?);
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let mut threads = Vec::new();
+        for n in 0..slots {
+            let (peer, server) = (peer.clone(), server.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("upload-{n}"))
+                    .spawn(move || server::serve(&peer.store, &server))?,
+            );
+        }
+        let (tasks, task_queue) = crossbeam_channel::bounded(agent::TASK_QUEUE);
+        {
+            let peer = peer.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("tasks".into())
+                    .spawn(move || agent::run_tasks(&peer, &task_queue))?,
+            );
+        }
+        {
+            let peer = peer.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("agent".into())
+                    .spawn(move || agent::run(&peer, &stopped, &tasks))?,
+            );
+        }
+        log::info!(
+            "peer serving {} at {}",
+            peer.store.dir().display(),
+            peer.addr()
+        );
+        Ok(PeerNode {
+            peer,
+            server,
+            stop,
+            threads,
+        })
+    }
+
+    pub fn peer(&self) -> &Arc<Peer> {
+        &self.peer
+    }
+
+    /// Leaves the index and stops every thread.
+    pub fn stop(self) {
+        if let Err(e) = self.peer.unregister() {
+            log::warn!("could not unregister: {e}");
+        }
+        drop(self.stop);
+        for _ in 0..self.threads.len() {
+            self.server.unblock();
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! Wire types shared by the index and the peers: request and response bodies, API paths, the
+//! error body, and the file-name rule both sides enforce. Nothing here does I/O.
+
+use serde::{Deserialize, Serialize};
+
+pub const PATH_REGISTER: &str = "/register";
+pub const PATH_HEARTBEAT: &str = "/heartbeat";
+pub const PATH_ANNOUNCE: &str = "/announce";
+pub const PATH_UNREGISTER: &str = "/unregister";
+pub const PATH_SEARCH: &str = "/search";
+pub const PATH_STATUS: &str = "/status";
+/// Peers serve their files under this prefix: `GET /files/NAME`.
+pub const PATH_FILES: &str = "/files/";
+
+/// Longest file name accepted anywhere, in bytes (the common file-system limit).
+pub const MAX_NAME_LEN: usize = 255;
+/// Default and largest result count of `/search`.
+pub const DEFAULT_SEARCH_LIMIT: usize = 50;
+pub const MAX_SEARCH_LIMIT: usize = 1000;
+
+/// Response headers a peer's file server sets so a downloader can check what it got.
+pub const HEADER_VERSION: &str = "X-Nap-Version";
+pub const HEADER_SHA256: &str = "X-Nap-Sha256";
+
+/// One version of one file, as a peer holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    pub name: String,
+    pub version: u64,
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the whole content.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    /// Where other peers reach this peer's file server, `host:port`.
+    pub addr: String,
+    #[serde(default)]
+    pub files: Vec<FileMeta>,
+    #[serde(default)]
+    pub peer_id: Option<String>,
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// A file the index refused to record for a peer, and why (e.g. same name and version as
+/// another peer's copy, different content).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejected {
+    pub name: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    pub peer_id: String,
+    pub token: String,
+    pub heartbeat_interval_ms: u64,
+    #[serde(default)]
+    pub tasks: Vec<Task>,
+    #[serde(default)]
+    pub rejected: Vec<Rejected>,
+}
+
+/// A copy the index asks a peer to make: fetch `file` at `version` from one of `sources`,
+/// verify it against `sha256` and `size`, then announce it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    pub task_id: String,
+    pub file: String,
+    pub version: u64,
+    pub sha256: String,
+    pub size: u64,
+    pub sources: Vec<String>,
+}
+
+/// Liveness plus the changes of the peer's file list since its last report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    pub peer_id: String,
+    pub token: String,
+    #[serde(default)]
+    pub added: Vec<FileMeta>,
+    #[serde(default)]
+    pub removed: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    #[serde(default)]
+    pub tasks: Vec<Task>,
+    #[serde(default)]
+    pub rejected: Vec<Rejected>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AnnounceRequest {
+    pub peer_id: String,
+    pub token: String,
+    pub file: String,
+    pub version: u64,
+    pub size: u64,
+    pub sha256: String,
+    #[serde(default)]
+    pub lease_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AnnounceResponse {
+    pub file: String,
+    pub version: u64,
+    /// The newest version the index knows of this file after the announce.
+    pub latest_version: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnregisterRequest {
+    pub peer_id: String,
+    pub token: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub peer_id: String,
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchResult {
+    pub name: String,
+    /// The latest version; `holders` hold exactly this version.
+    pub version: u64,
+    pub size: u64,
+    pub sha256: String,
+    pub holders: Vec<Holder>,
+    /// Peers still holding an older version (not a source for the latest).
+    #[serde(default)]
+    pub stale_holders: Vec<Holder>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SearchResponse {
+    pub results: Vec<SearchResult>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusResponse {
+    pub role: String,
+    pub peers: usize,
+    pub files: usize,
+    /// Sequence number of the last op applied to the index state.
+    pub seq: u64,
+    pub uptime_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    pub peer_timeout_ms: u64,
+}
+
+/// Body of every error answer from the index and the peers' file servers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    /// Set on answers to a peer the index does not know: the peer must register again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reregister: bool,
+}
+
+/// Checks a file name against the rule both sides share: one plain path component that
+/// cannot escape a directory or hide from a listing. `Err` says what is wrong.
+pub fn validate_file_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("file name is empty".into());
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "file name is {} bytes long; the limit is {MAX_NAME_LEN}",
+            name.len()
+        ));
+    }
+    if name.contains('/') {
+        return Err("file name contains '/'".into());
+    }
+    if name.contains('\\') {
+        return Err("file name contains '\\'".into());
+    }
+    if name.chars().any(char::is_control) {
+        return Err("file name contains a control character (NUL, newline, ...)".into());
+    }
+    if name.starts_with('.') {
+        // Covers "." and "..", and keeps the peer's private `.nap` folder unreachable.
+        return Err("file name starts with '.'".into());
+    }
+    Ok(())
+}
+
+/// Checks that `s` looks like a SHA-256 digest in lowercase hex.
+pub fn validate_sha256(s: &str) -> Result<(), String> {
+    if s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err("sha256 must be 64 lowercase hex digits".into())
+    }
+}
+
+/// Checks a whole file entry as sent by a peer.
+pub fn validate_file_meta(meta: &FileMeta) -> Result<(), String> {
+    validate_file_name(&meta.name)?;
+    validate_sha256(&meta.sha256).map_err(|e| format!("{}: {e}", meta.name))?;
+    if meta.version == 0 {
+        return Err(format!("{}: versions start at 1", meta.name));
+    }
+    Ok(())
+}
+
+/// Percent-encodes a file name for use as one URL path segment or query value.
+pub fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Decodes `%XX` escapes (and `+` as space when `plus_is_space`, for query strings).
+/// `None` when an escape is malformed or the result is not UTF-8.
+pub fn url_decode(s: &str, plus_is_space: bool) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_names_are_refused() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../etc/passwd",
+            "a/b",
+            "a\\b",
+            "nul\0byte",
+            "new\nline",
+            ".nap",
+            ".hidden",
+        ] {
+            assert!(validate_file_name(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(validate_file_name(&"x".repeat(MAX_NAME_LEN + 1)).is_err());
+        for good in ["doc.txt", "My Song - 01.mp3", "a..b", "ünïcödé.txt"] {
+            assert!(validate_file_name(good).is_ok(), "{good:?} refused");
+        }
+    }
+
+    #[test]
+    fn url_coding_round_trips() {
+        for s in ["doc.txt", "a b+c%d", "ünï/..\\", "?&="] {
+            assert_eq!(url_decode(&url_encode(s), false).as_deref(), Some(s));
+        }
+        assert_eq!(url_decode("a+b", true).as_deref(), Some("a b"));
+        assert_eq!(url_decode("%zz", false), None);
+        assert_eq!(url_decode("%4", false), None);
+        assert_eq!(url_decode("%ff", false), None);
+    }
+
+    #[test]
+    fn sha_shape_is_checked() {
+        assert!(validate_sha256(&"a".repeat(64)).is_ok());
+        assert!(validate_sha256(&"A".repeat(64)).is_err());
+        assert!(validate_sha256("abc").is_err());
+    }
+}
