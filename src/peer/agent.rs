@@ -20,16 +20,11 @@ pub fn run(peer: &Peer, stop: &Receiver<()>, tasks: &Sender<Task>) {
     let mut last_scan = Instant::now();
     loop {
         let wait = if peer.needs_register() {
-            match peer.register() {
-                Ok(response) => {
-                    last_scan = Instant::now();
-                    queue(tasks, response.tasks);
-                    peer.heartbeat_interval()
-                }
-                Err(e) => {
-                    log::warn!("register failed: {e}");
-                    RETRY
-                }
+            last_scan = Instant::now();
+            if register(peer, tasks) {
+                peer.heartbeat_interval()
+            } else {
+                RETRY
             }
         } else {
             let changes = if last_scan.elapsed() >= peer.config().rescan_interval {
@@ -60,6 +55,20 @@ pub fn run(peer: &Peer, stop: &Receiver<()>, tasks: &Sender<Task>) {
         match stop.recv_timeout(wait) {
             Err(RecvTimeoutError::Timeout) => {}
             _ => return,
+        }
+    }
+}
+
+/// Registers the whole file list and queues the tasks that come back; false on failure.
+pub fn register(peer: &Peer, tasks: &Sender<Task>) -> bool {
+    match peer.register() {
+        Ok(response) => {
+            queue(tasks, response.tasks);
+            true
+        }
+        Err(e) => {
+            log::warn!("register failed: {e}");
+            false
         }
     }
 }

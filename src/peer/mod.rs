@@ -350,6 +350,9 @@ impl PeerNode {
                     .spawn(move || agent::run_tasks(&peer, &task_queue))?,
             );
         }
+        // Register before returning, so a shell started right after can announce at once;
+        // if no index answers, the agent keeps trying.
+        agent::register(&peer, &tasks);
         {
             let peer = peer.clone();
             threads.push(

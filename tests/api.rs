@@ -1,0 +1,235 @@
+//! The index API against a real `nap-index`: errors, identities, limits, restarts, bursts.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::*;
+use nap::peer::client::IndexClient;
+use serde_json::json;
+
+fn sha(n: u8) -> String {
+    sha256_hex(&[n])
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let index = start_index(&["--max-body", "2000"]);
+    let url = &index.url;
+    let before = get(&format!("{url}/status")).json();
+
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("/register", "{bad".into(), 400, "bad JSON"),
+        ("/register", "[]".into(), 400, "bad JSON"),
+        ("/register", json!({"files": []}).to_string(), 400, "addr"),
+        ("/register", json!({"addr": "nohost"}).to_string(), 400, "host:port"),
+        ("/register", json!({"addr": "h:1", "peer_id": "x"}).to_string(), 400, "both"),
+        (
+            "/register",
+            json!({"addr": "h:1", "peer_id": "../x", "token": "t"}).to_string(),
+            400,
+            "peer_id",
+        ),
+        (
+            "/register",
+            json!({"addr": "h:1", "files": [{"name": "a", "version": 1, "size": 1, "sha256": "xyz"}]})
+                .to_string(),
+            400,
+            "sha256",
+        ),
+        (
+            "/register",
+            json!({"addr": "h:1", "files": [{"name": "a", "version": 0, "size": 1, "sha256": sha(1)}]})
+                .to_string(),
+            400,
+            "versions start at 1",
+        ),
+        (
+            "/register",
+            json!({"addr": "h:1", "files": [
+                {"name": "a", "version": 1, "size": 1, "sha256": sha(1)},
+                {"name": "a", "version": 1, "size": 1, "sha256": sha(1)}]})
+            .to_string(),
+            400,
+            "twice",
+        ),
+        ("/register", "x".repeat(5000), 413, "larger than 2000"),
+        (
+            "/heartbeat",
+            json!({"peer_id": "ghost", "token": "t"}).to_string(),
+            404,
+            "register again",
+        ),
+        (
+            "/announce",
+            json!({"peer_id": "ghost", "token": "t", "file": "f", "version": 1, "size": 1,
+                   "sha256": sha(1)})
+            .to_string(),
+            404,
+            "register again",
+        ),
+        ("/unregister", json!({"peer_id": "ghost"}).to_string(), 400, "token"),
+    ];
+    for (path, body, status, needle) in cases {
+        let answer = post(&format!("{url}{path}"), &body);
+        assert_eq!(answer.status, status, "{path} {body:.80}: {}", answer.body);
+        let error = answer.json()["error"].as_str().unwrap().to_string();
+        assert!(error.contains(needle), "{path}: {error:?} lacks {needle:?}");
+    }
+    let ghost = post(
+        &format!("{url}/heartbeat"),
+        &json!({"peer_id": "ghost", "token": "t"}).to_string(),
+    );
+    assert_eq!(ghost.json()["reregister"], true);
+
+    assert_eq!(get(&format!("{url}/nope")).status, 404);
+    assert_eq!(get(&format!("{url}/register")).status, 405);
+    assert_eq!(post(&format!("{url}/search?q=x"), "").status, 405);
+    assert_eq!(get(&format!("{url}/search")).status, 400);
+    assert_eq!(get(&format!("{url}/search?q=x&limit=lots")).status, 400);
+    assert_eq!(get(&format!("{url}/search?q=%zz")).status, 400);
+    assert_eq!(get(&format!("{url}/search?q=..%2F..%2Fetc")).status, 200);
+
+    let after = get(&format!("{url}/status")).json();
+    assert_eq!(before["seq"], after["seq"], "a refused request changed the state");
+    // Still serving after all that.
+    assert_eq!(get(&format!("{url}/status")).status, 200);
+}
+
+#[test]
+fn identities_are_kept_and_guarded_by_their_token() {
+    let index = start_index(&[]);
+    let url = &index.url;
+    let first = post(&format!("{url}/register"), &json!({"addr": "127.0.0.1:9"}).to_string());
+    assert_eq!(first.status, 200, "{}", first.body);
+    let first = first.json();
+    let (id, token) = (first["peer_id"].as_str().unwrap(), first["token"].as_str().unwrap());
+    assert!(first["heartbeat_interval_ms"].as_u64().unwrap() > 0);
+    assert!(first["tasks"].as_array().unwrap().is_empty());
+
+    let hijack = post(
+        &format!("{url}/register"),
+        &json!({"addr": "127.0.0.1:10", "peer_id": id, "token": "guess"}).to_string(),
+    );
+    assert_eq!(hijack.status, 401, "{}", hijack.body);
+    let wrong = post(
+        &format!("{url}/heartbeat"),
+        &json!({"peer_id": id, "token": "guess"}).to_string(),
+    );
+    assert_eq!(wrong.status, 401);
+    let wrong = post(
+        &format!("{url}/unregister"),
+        &json!({"peer_id": id, "token": "guess"}).to_string(),
+    );
+    assert_eq!(wrong.status, 401);
+
+    let again = post(
+        &format!("{url}/register"),
+        &json!({"addr": "127.0.0.1:11", "peer_id": id, "token": token}).to_string(),
+    );
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json()["peer_id"], id);
+    let beat = post(
+        &format!("{url}/heartbeat"),
+        &json!({"peer_id": id, "token": token}).to_string(),
+    );
+    assert_eq!(beat.status, 200, "{}", beat.body);
+}
+
+#[test]
+fn conflicting_content_under_one_version_is_refused() {
+    let index = start_index(&[]);
+    let url = &index.url;
+    let file = |n| json!([{"name": "doc.txt", "version": 1, "size": 1, "sha256": sha(n)}]);
+    let a = post(&format!("{url}/register"), &json!({"addr": "127.0.0.1:9", "files": file(1)}).to_string());
+    assert!(a.json()["rejected"].as_array().unwrap().is_empty());
+    let b = post(&format!("{url}/register"), &json!({"addr": "127.0.0.1:10", "files": file(2)}).to_string());
+    assert_eq!(b.status, 200);
+    let b = b.json();
+    assert_eq!(b["rejected"][0]["name"], "doc.txt");
+    let results = search(url, "doc.txt");
+    assert_eq!(results[0]["sha256"], sha(1));
+    assert_eq!(results[0]["holders"].as_array().unwrap().len(), 1);
+
+    let announce = post(
+        &format!("{url}/announce"),
+        &json!({"peer_id": b["peer_id"], "token": b["token"], "file": "doc.txt",
+                "version": 1, "size": 1, "sha256": sha(2)})
+        .to_string(),
+    );
+    assert_eq!(announce.status, 409, "{}", announce.body);
+}
+
+#[test]
+fn a_restarted_peer_keeps_its_identity_and_a_restarted_index_relearns_peers() {
+    let index = start_index(&[]);
+    let a = tempfile::tempdir().unwrap();
+    fs::write(a.path().join("keep.txt"), b"keep").unwrap();
+    let mut pa = start_peer(a.path(), &index.url, true, &[]);
+    let id = poll_until("the identity is saved", || {
+        let text = fs::read_to_string(a.path().join(".nap/identity.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        Some(v["peer_id"].as_str()?.to_string())
+    });
+    pa.proc.kill();
+    let pa = start_peer(a.path(), &index.url, true, &[]);
+    let results = search(&index.url, "keep.txt");
+    assert_eq!(results[0]["holders"][0]["peer_id"], id.as_str());
+    assert_eq!(results[0]["holders"][0]["addr"], pa.addr.as_str());
+
+    // The index restarts empty on the same address: the peer's next heartbeat is told to
+    // register again, and its files are back without anyone restarting the peer.
+    let listen = index.url.trim_start_matches("http://").to_string();
+    drop(index);
+    let index = start_index_on(&listen, &[]);
+    poll_until("the peer has registered again", || {
+        (holders(&index.url, "keep.txt") == vec![pa.addr.clone()]).then_some(())
+    });
+}
+
+#[test]
+fn local_edits_and_removals_reach_the_index() {
+    let index = start_index(&[]);
+    let a = tempfile::tempdir().unwrap();
+    fs::write(a.path().join("one.txt"), b"v1").unwrap();
+    let _pa = start_peer(a.path(), &index.url, true, &["--rescan-interval", "0.2"]);
+    assert_eq!(holders(&index.url, "one.txt").len(), 1);
+    fs::write(a.path().join("two.txt"), b"new").unwrap();
+    fs::write(a.path().join("one.txt"), b"v2 content").unwrap();
+    poll_until("the new file and the new version are listed", || {
+        let one = search(&index.url, "one.txt");
+        let two = holders(&index.url, "two.txt");
+        (one.first().is_some_and(|r| r["version"] == 2) && two.len() == 1).then_some(())
+    });
+    fs::remove_file(a.path().join("two.txt")).unwrap();
+    poll_until("the removed file is gone", || {
+        search(&index.url, "two.txt").is_empty().then_some(())
+    });
+}
+
+/// tiny_http 0.12 can leave a burst of new connections queued behind pool threads that stay
+/// with keep-alive connections. nap clients send one request per connection, so every
+/// request of a burst of many concurrent clients must be answered well within the client's
+/// own timeout: none may fail over or time out.
+#[test]
+fn a_burst_of_clients_is_served_without_stalls() {
+    let index = start_index(&["--workers", "2"]);
+    let clients = 64;
+    let rounds = 20;
+    let failures: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..clients)
+            .map(|n| {
+                let url = index.url.clone();
+                s.spawn(move || {
+                    let client = IndexClient::new(vec![url], Duration::from_secs(5));
+                    (0..rounds)
+                        .filter(|r| client.search(&format!("file {n} {r}"), 5).is_err())
+                        .count()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(failures, 0, "{failures} of {} requests failed", clients * rounds);
+}
