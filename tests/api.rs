@@ -208,28 +208,36 @@ fn local_edits_and_removals_reach_the_index() {
     });
 }
 
-/// tiny_http 0.12 can leave a burst of new connections queued behind pool threads that stay
-/// with keep-alive connections. nap clients send one request per connection, so every
-/// request of a burst of many concurrent clients must be answered well within the client's
-/// own timeout: none may fail over or time out.
+/// tiny_http 0.12 can leave a new connection queued behind pool threads that stay with open
+/// keep-alive connections; a client that keeps its connection and calls again every so often
+/// (as peers heartbeat) would hold a thread for good. nap clients send one request per
+/// connection, so every request of many such clients must be answered within the client's
+/// own timeout: none may time out or fail over. (With keep-alive clients this test fails.)
 #[test]
-fn a_burst_of_clients_is_served_without_stalls() {
+fn many_periodic_clients_are_served_without_stalls() {
     let index = start_index(&["--workers", "2"]);
-    let clients = 64;
-    let rounds = 20;
+    let clients = 48;
+    let run_for = Duration::from_secs(3);
     let failures: usize = std::thread::scope(|s| {
         let handles: Vec<_> = (0..clients)
             .map(|n| {
                 let url = index.url.clone();
                 s.spawn(move || {
-                    let client = IndexClient::new(vec![url], Duration::from_secs(5));
-                    (0..rounds)
-                        .filter(|r| client.search(&format!("file {n} {r}"), 5).is_err())
-                        .count()
+                    let client = IndexClient::new(vec![url], Duration::from_secs(2));
+                    let start = std::time::Instant::now();
+                    let mut failed = 0;
+                    while start.elapsed() < run_for {
+                        if client.search(&format!("file {n}"), 5).is_err() {
+                            failed += 1;
+                        }
+                        // Pacing, like a heartbeat interval; not a wait for a result.
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    failed
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).sum()
     });
-    assert_eq!(failures, 0, "{failures} of {} requests failed", clients * rounds);
+    assert_eq!(failures, 0, "{failures} requests timed out or failed");
 }
