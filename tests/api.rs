@@ -24,7 +24,8 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         ("/register", "[]".into(), 400, "bad JSON"),
         ("/register", json!({"files": []}).to_string(), 400, "addr"),
         ("/register", json!({"addr": "nohost"}).to_string(), 400, "host:port"),
-        ("/register", json!({"addr": "h:1", "peer_id": "x"}).to_string(), 400, "both"),
+        ("/register", json!({"addr": "h:1", "peer_id": "x"}).to_string(), 401, "without its token"),
+        ("/register", json!({"addr": "h:1", "token": "x"}).to_string(), 400, "without peer_id"),
         (
             "/register",
             json!({"addr": "h:1", "peer_id": "../x", "token": "t"}).to_string(),
@@ -92,7 +93,10 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
     assert_eq!(get(&format!("{url}/search?q=..%2F..%2Fetc")).status, 200);
 
     let after = get(&format!("{url}/status")).json();
-    assert_eq!(before["seq"], after["seq"], "a refused request changed the state");
+    assert_eq!(
+        before["seq"], after["seq"],
+        "a refused request changed the state"
+    );
     // Still serving after all that.
     assert_eq!(get(&format!("{url}/status")).status, 200);
 }
@@ -101,10 +105,16 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
 fn identities_are_kept_and_guarded_by_their_token() {
     let index = start_index(&[]);
     let url = &index.url;
-    let first = post(&format!("{url}/register"), &json!({"addr": "127.0.0.1:9"}).to_string());
+    let first = post(
+        &format!("{url}/register"),
+        &json!({"addr": "127.0.0.1:9"}).to_string(),
+    );
     assert_eq!(first.status, 200, "{}", first.body);
     let first = first.json();
-    let (id, token) = (first["peer_id"].as_str().unwrap(), first["token"].as_str().unwrap());
+    let (id, token) = (
+        first["peer_id"].as_str().unwrap(),
+        first["token"].as_str().unwrap(),
+    );
     assert!(first["heartbeat_interval_ms"].as_u64().unwrap() > 0);
     assert!(first["tasks"].as_array().unwrap().is_empty());
 
@@ -142,9 +152,15 @@ fn conflicting_content_under_one_version_is_refused() {
     let index = start_index(&[]);
     let url = &index.url;
     let file = |n| json!([{"name": "doc.txt", "version": 1, "size": 1, "sha256": sha(n)}]);
-    let a = post(&format!("{url}/register"), &json!({"addr": "127.0.0.1:9", "files": file(1)}).to_string());
+    let a = post(
+        &format!("{url}/register"),
+        &json!({"addr": "127.0.0.1:9", "files": file(1)}).to_string(),
+    );
     assert!(a.json()["rejected"].as_array().unwrap().is_empty());
-    let b = post(&format!("{url}/register"), &json!({"addr": "127.0.0.1:10", "files": file(2)}).to_string());
+    let b = post(
+        &format!("{url}/register"),
+        &json!({"addr": "127.0.0.1:10", "files": file(2)}).to_string(),
+    );
     assert_eq!(b.status, 200);
     let b = b.json();
     assert_eq!(b["rejected"][0]["name"], "doc.txt");

@@ -29,11 +29,17 @@ fn three_peers_search_and_get_through_the_shell() {
         "{line}"
     );
     let line = pc.proc.command("search help", "match");
-    assert!(line.contains("Beatles - Help.mp3") && line.contains(&pb.addr), "{line}");
+    assert!(
+        line.contains("Beatles - Help.mp3") && line.contains(&pb.addr),
+        "{line}"
+    );
 
     let line = pc.proc.command("get doc.txt", "doc.txt");
     assert!(line.starts_with("Downloaded doc.txt v1"), "{line}");
-    assert!(line.contains(&pa.addr) && line.contains("verified"), "{line}");
+    assert!(
+        line.contains(&pa.addr) && line.contains("verified"),
+        "{line}"
+    );
     assert_eq!(fs::read(c.path().join("doc.txt")).unwrap(), doc);
 
     // The download was announced: the index now lists both holders.
@@ -164,7 +170,10 @@ fn a_corrupt_holder_is_detected_and_the_next_one_used() {
     let line = pc.proc.command("get data.bin", "data.bin");
     assert!(line.starts_with("Downloaded data.bin v1"), "{line}");
     assert!(line.contains(&pgood.addr), "{line}");
-    assert!(served.load(Ordering::SeqCst) >= 1, "the corrupt holder was never asked");
+    assert!(
+        served.load(Ordering::SeqCst) >= 1,
+        "the corrupt holder was never asked"
+    );
     assert_eq!(fs::read(c.path().join("data.bin")).unwrap(), content);
     assert!(
         pc.proc
@@ -190,14 +199,25 @@ fn traversal_names_are_refused_by_index_and_file_server() {
     let pa = start_peer(a.path(), &index.url, true, &[]);
 
     let sha = "0".repeat(64);
-    for bad in ["../x", "a/b", "..", ".nap", "nul\u{0}byte", "back\\slash", "line\nbreak"] {
+    for bad in [
+        "../x",
+        "a/b",
+        "..",
+        ".nap",
+        "nul\u{0}byte",
+        "back\\slash",
+        "line\nbreak",
+    ] {
         let register = serde_json::json!({
             "addr": "127.0.0.1:9",
             "files": [{"name": bad, "version": 1, "size": 1, "sha256": sha}],
         });
         let answer = post(&format!("{}/register", index.url), &register.to_string());
         assert_eq!(answer.status, 400, "{bad:?}: {}", answer.body);
-        assert!(answer.json()["error"].as_str().unwrap().contains("file name"));
+        assert!(answer.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("file name"));
     }
     // The symlink is never listed.
     assert!(search(&index.url, "link").is_empty());
@@ -239,21 +259,38 @@ fn file_server_answers_ranges_and_head() {
         .http_status_as_error(false)
         .build()
         .into();
-    let response = agent.get(&url).header("Range", "bytes=9000-").call().unwrap();
+    let response = agent
+        .get(&url)
+        .header("Range", "bytes=9000-")
+        .call()
+        .unwrap();
     assert_eq!(response.status().as_u16(), 206);
     assert_eq!(
         response.headers().get("Content-Range").unwrap(),
         "bytes 9000-9999/10000"
     );
     assert_eq!(
-        response.headers().get("X-Nap-Sha256").unwrap().to_str().unwrap(),
+        response
+            .headers()
+            .get("X-Nap-Sha256")
+            .unwrap()
+            .to_str()
+            .unwrap(),
         sha256_hex(&content)
     );
     let mut body = Vec::new();
-    response.into_body().into_reader().read_to_end(&mut body).unwrap();
+    response
+        .into_body()
+        .into_reader()
+        .read_to_end(&mut body)
+        .unwrap();
     assert_eq!(body, &content[9000..]);
 
-    let response = agent.get(&url).header("Range", "bytes=20000-").call().unwrap();
+    let response = agent
+        .get(&url)
+        .header("Range", "bytes=20000-")
+        .call()
+        .unwrap();
     assert_eq!(response.status().as_u16(), 416);
     let response = agent.head(&url).call().unwrap();
     assert_eq!(response.status().as_u16(), 200);
@@ -304,7 +341,10 @@ fn interrupted_download_resumes_with_a_range_request() {
         "addr": addr, "peer_id": "resumer", "token": "t",
         "files": [{"name": "big.txt", "version": 1, "size": content.len(), "sha256": sha}],
     });
-    assert_eq!(post(&format!("{}/register", index.url), &register.to_string()).status, 200);
+    assert_eq!(
+        post(&format!("{}/register", index.url), &register.to_string()).status,
+        200
+    );
 
     // What an earlier, interrupted download left behind.
     let c = tempfile::tempdir().unwrap();
@@ -315,4 +355,44 @@ fn interrupted_download_resumes_with_a_range_request() {
     assert!(line.starts_with("Downloaded big.txt v1"), "{line}");
     assert_eq!(*ranges.lock().unwrap(), vec![half]);
     assert_eq!(fs::read(c.path().join("big.txt")).unwrap(), content);
+}
+
+#[test]
+fn update_opens_the_editor_and_publishes_the_next_version() {
+    let index = start_index(&[]);
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    fs::write(a.path().join("doc.txt"), b"first draft\n").unwrap();
+    let _pa = start_peer(a.path(), &index.url, true, &[]);
+    // An "editor" that appends a line to the file it is given.
+    let editor = b.path().join("editor.sh");
+    fs::write(&editor, "#!/bin/sh\necho 'second thoughts' >> \"$1\"\n").unwrap();
+    fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let c = tempfile::tempdir().unwrap();
+    let editor = editor.to_str().unwrap();
+    let mut pc = start_peer_env(
+        c.path(),
+        &index.url,
+        false,
+        &[],
+        &[("EDITOR", editor), ("VISUAL", "")],
+    );
+
+    // Not held yet: update fetches v1 first, then publishes v2.
+    let line = pc.proc.command("update doc.txt", "Published");
+    assert!(line.contains("doc.txt v2"), "{line}");
+    let updated = b"first draft\nsecond thoughts\n";
+    assert_eq!(fs::read(c.path().join("doc.txt")).unwrap(), updated);
+    let results = search(&index.url, "doc.txt");
+    assert_eq!(results[0]["version"], 2);
+    assert_eq!(results[0]["sha256"], sha256_hex(updated));
+    assert_eq!(results[0]["holders"][0]["addr"], pc.addr.as_str());
+    assert_eq!(results[0]["stale_holders"].as_array().unwrap().len(), 1);
+
+    // Another peer now gets v2, verified.
+    let d = tempfile::tempdir().unwrap();
+    let mut pd = start_peer(d.path(), &index.url, false, &[]);
+    let line = pd.proc.command("get doc.txt", "doc.txt");
+    assert!(line.starts_with("Downloaded doc.txt v2"), "{line}");
+    assert_eq!(fs::read(d.path().join("doc.txt")).unwrap(), updated);
 }

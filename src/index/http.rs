@@ -269,9 +269,14 @@ fn register(index: &Index, rq: RegisterRequest) -> Result<Reply, ApiError> {
             };
             (fresh(8)?, fresh(16)?)
         }
-        _ => {
+        (Some(id), None) => {
+            return Err(ApiError::BadToken(format!(
+                "peer_id {id} given without its token; send both, or neither for a new identity"
+            )))
+        }
+        (None, Some(_)) => {
             return Err(ApiError::BadRequest(
-                "send both peer_id and token, or neither for a new identity".into(),
+                "token given without peer_id; send both, or neither for a new identity".into(),
             ))
         }
     };

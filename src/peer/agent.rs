@@ -1,8 +1,8 @@
-//! The peer's background agent: registers, heartbeats at the interval the index sets, rescans
-//! the shared folder and reports changes, registers again whenever the index may have lost
-//! track of us, and hands the copy tasks the index sends to a task worker.
+//! The peer's background threads: the agent registers, heartbeats at the interval the index
+//! sets with the file-list changes the scanner queued, registers again whenever the index may
+//! have lost track of us, and hands the copy tasks the index sends to the task worker.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
@@ -17,26 +17,15 @@ const RETRY: Duration = Duration::from_secs(1);
 
 /// Loops until `stop` is closed.
 pub fn run(peer: &Peer, stop: &Receiver<()>, tasks: &Sender<Task>) {
-    let mut last_scan = Instant::now();
     loop {
         let wait = if peer.needs_register() {
-            last_scan = Instant::now();
             if register(peer, tasks) {
                 peer.heartbeat_interval()
             } else {
                 RETRY
             }
         } else {
-            let changes = if last_scan.elapsed() >= peer.config().rescan_interval {
-                last_scan = Instant::now();
-                peer.store.rescan().unwrap_or_else(|e| {
-                    log::warn!("rescan failed: {e}");
-                    Default::default()
-                })
-            } else {
-                Default::default()
-            };
-            match peer.heartbeat(changes) {
+            match peer.heartbeat() {
                 Ok(response) => {
                     queue(tasks, response.tasks);
                     peer.heartbeat_interval()
@@ -52,11 +41,26 @@ pub fn run(peer: &Peer, stop: &Receiver<()>, tasks: &Sender<Task>) {
                 }
             }
         };
-        match stop.recv_timeout(wait) {
-            Err(RecvTimeoutError::Timeout) => {}
-            _ => return,
+        if stopped(stop, wait) {
+            return;
         }
     }
+}
+
+/// The scanner: rescans the shared folder every rescan interval and queues what changed for
+/// the next heartbeat. Hashing a large new file takes a while; on its own thread it never
+/// delays a heartbeat.
+pub fn run_scanner(peer: &Peer, stop: &Receiver<()>) {
+    while !stopped(stop, peer.config().rescan_interval) {
+        if let Err(e) = peer.rescan() {
+            log::warn!("rescan of {} failed: {e}", peer.store.dir().display());
+        }
+    }
+}
+
+/// Waits `wait`; true when `stop` was closed meanwhile.
+fn stopped(stop: &Receiver<()>, wait: Duration) -> bool {
+    !matches!(stop.recv_timeout(wait), Err(RecvTimeoutError::Timeout))
 }
 
 /// Registers the whole file list and queues the tasks that come back; false on failure.

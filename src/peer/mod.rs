@@ -12,6 +12,7 @@ pub mod files;
 pub mod server;
 pub mod shell;
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -107,6 +108,9 @@ pub struct Peer {
     needs_register: AtomicBool,
     /// Things the user should hear about (files the index refused); the shell prints them.
     notices: Mutex<Vec<String>>,
+    /// File-list changes found by rescans and not yet reported: name -> new meta, or `None`
+    /// for a removal. Later findings replace earlier ones.
+    pending: Mutex<BTreeMap<String, Option<FileMeta>>>,
 }
 
 impl Peer {
@@ -122,6 +126,7 @@ impl Peer {
             heartbeat_interval_ms: AtomicU64::new(1000),
             needs_register: AtomicBool::new(true),
             notices: Mutex::new(Vec::new()),
+            pending: Mutex::new(BTreeMap::new()),
             config,
         })
     }
@@ -167,12 +172,35 @@ impl Peer {
         }
     }
 
-    /// Rescans the folder and registers the whole file list, keeping the identity the index
-    /// hands out (or confirms).
-    pub fn register(&self) -> Result<RegisterResponse, ClientError> {
-        if let Err(e) = self.store.rescan() {
-            log::warn!("rescan of {} failed: {e}", self.store.dir().display());
+    /// Rescans the shared folder and queues what changed for the next heartbeat.
+    pub fn rescan(&self) -> io::Result<()> {
+        let changes = self.store.rescan()?;
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for meta in changes.added {
+            pending.insert(meta.name.clone(), Some(meta));
         }
+        for name in changes.removed {
+            pending.insert(name, None);
+        }
+        Ok(())
+    }
+
+    fn take_pending(&self) -> Changes {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut changes = Changes::default();
+        for (name, meta) in pending {
+            match meta {
+                Some(meta) => changes.added.push(meta),
+                None => changes.removed.push(name),
+            }
+        }
+        changes
+    }
+
+    /// Registers the whole file list, keeping the identity the index hands out (or confirms).
+    pub fn register(&self) -> Result<RegisterResponse, ClientError> {
+        // The full list supersedes whatever was queued before it was read.
+        self.take_pending();
         let identity = self.identity();
         let rq = RegisterRequest {
             addr: self.addr.clone(),
@@ -180,7 +208,9 @@ impl Peer {
             peer_id: identity.as_ref().map(|i| i.peer_id.clone()),
             token: identity.as_ref().map(|i| i.token.clone()),
         };
-        let response = self.index.register(&rq)?;
+        let response = self.index.register(&rq).inspect_err(|_| {
+            self.needs_register.store(true, Ordering::Relaxed);
+        })?;
         let fresh = Identity {
             peer_id: response.peer_id.clone(),
             token: response.token.clone(),
@@ -198,13 +228,14 @@ impl Peer {
         Ok(response)
     }
 
-    /// Tells the index we are alive, with `changes` of the file list. When the report may
-    /// have been lost, the next agent round registers the whole list instead.
-    pub fn heartbeat(&self, changes: Changes) -> Result<HeartbeatResponse, ClientError> {
+    /// Tells the index we are alive, with the queued changes of the file list. When the
+    /// report may have been lost, the next agent round registers the whole list instead.
+    pub fn heartbeat(&self) -> Result<HeartbeatResponse, ClientError> {
         let Some(id) = self.identity() else {
             self.needs_register.store(true, Ordering::Relaxed);
             return Err(ClientError::Unavailable(vec!["not registered yet".into()]));
         };
+        let changes = self.take_pending();
         let had_changes = !changes.is_empty();
         let rq = HeartbeatRequest {
             peer_id: id.peer_id,
@@ -226,13 +257,10 @@ impl Peer {
         }
     }
 
-    /// Rescans now and reports what changed; returns the changes.
-    pub fn sync_now(&self) -> Result<Changes, String> {
-        let changes = self.store.rescan().map_err(|e| e.to_string())?;
-        if !changes.is_empty() {
-            self.heartbeat(changes.clone()).map_err(|e| e.to_string())?;
-        }
-        Ok(changes)
+    /// Rescans now and reports what changed at once.
+    pub fn sync_now(&self) -> Result<(), String> {
+        self.rescan().map_err(|e| e.to_string())?;
+        self.heartbeat().map(|_| ()).map_err(|e| e.to_string())
     }
 
     pub fn announce(&self, meta: &FileMeta) -> Result<AnnounceResponse, ClientError> {
@@ -350,9 +378,18 @@ impl PeerNode {
                     .spawn(move || agent::run_tasks(&peer, &task_queue))?,
             );
         }
-        // Register before returning, so a shell started right after can announce at once;
-        // if no index answers, the agent keeps trying.
+        // Scan and register before returning, so a shell started right after can announce
+        // at once; if no index answers, the agent keeps trying.
+        peer.rescan()?;
         agent::register(&peer, &tasks);
+        {
+            let (peer, stopped) = (peer.clone(), stopped.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("scanner".into())
+                    .spawn(move || agent::run_scanner(&peer, &stopped))?,
+            );
+        }
         {
             let peer = peer.clone();
             threads.push(

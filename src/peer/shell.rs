@@ -71,7 +71,7 @@ fn human(bytes: u64) -> String {
 }
 
 fn list(peer: &Peer, out: &mut impl Write) -> io::Result<()> {
-    if let Err(e) = peer.store.rescan() {
+    if let Err(e) = peer.rescan() {
         writeln!(out, "could not rescan the folder: {e}")?;
     }
     let files = peer.store.list();
@@ -144,9 +144,10 @@ fn search(peer: &Peer, text: &str, out: &mut impl Write) -> io::Result<()> {
 /// Downloads `name` and reports how it went. Returns whether the file is now here.
 fn fetch(peer: &Peer, name: &str, out: &mut impl Write) -> io::Result<bool> {
     let mut shown = 0u64;
+    // Progress goes to stderr, and only to a terminal: a script reading output sees results.
+    let show = io::stderr().is_terminal();
     let mut progress = |done: u64, total: u64| {
-        // Progress goes to stderr so a script reading stdout sees only results.
-        if total >= PROGRESS_FROM && (done - shown >= total / 50 || done == total) {
+        if show && total >= PROGRESS_FROM && (done - shown >= total / 50 || done == total) {
             shown = done;
             eprint!(
                 "\r  {:3}% {} of {}",
@@ -224,9 +225,11 @@ fn update(peer: &Peer, arg: &str, out: &mut impl Write) -> io::Result<()> {
     let Some(path) = peer.store.path_of(name) else {
         return writeln!(out, "{name} is not a valid file name");
     };
-    let editor = std::env::var("VISUAL")
-        .or_else(|_| std::env::var("EDITOR"))
-        .unwrap_or_else(|_| "vi".into());
+    let editor = ["VISUAL", "EDITOR"]
+        .iter()
+        .filter_map(|var| std::env::var(var).ok())
+        .find(|e| !e.trim().is_empty())
+        .unwrap_or_else(|| "vi".into());
     out.flush()?;
     // Through the shell, so EDITOR may carry arguments ("code --wait").
     let status = Command::new("sh")
@@ -241,7 +244,7 @@ fn update(peer: &Peer, arg: &str, out: &mut impl Write) -> io::Result<()> {
         Err(e) => return writeln!(out, "could not start the editor {editor:?}: {e}"),
     }
     match peer.sync_now() {
-        Ok(_) => match peer.store.get(name) {
+        Ok(()) => match peer.store.get(name) {
             Some(after) if after.version > before.version => writeln!(
                 out,
                 "Published {name} v{} ({}, sha256 {})",

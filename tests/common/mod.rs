@@ -72,7 +72,12 @@ impl Proc {
 
     /// Waits for a stdout line containing `needle`, starting at line `from`; returns the line
     /// and its position.
-    pub fn wait_stdout_from(&self, from: usize, needle: &str, timeout: Duration) -> (usize, String) {
+    pub fn wait_stdout_from(
+        &self,
+        from: usize,
+        needle: &str,
+        timeout: Duration,
+    ) -> (usize, String) {
         let deadline = Instant::now() + timeout;
         let mut lines = self.stdout.lines.lock().unwrap();
         loop {
@@ -226,12 +231,23 @@ pub fn start_peer_env(
     envs: &[(&str, &str)],
 ) -> PeerProc {
     let dir = dir.to_str().unwrap();
-    let mut args = vec!["serve", "--dir", dir, "--listen", "127.0.0.1:0", "--index", index];
+    let mut args = vec![
+        "serve",
+        "--dir",
+        dir,
+        "--listen",
+        "127.0.0.1:0",
+        "--index",
+        index,
+    ];
     if daemon {
         args.push("--daemon");
     }
     args.extend_from_slice(extra);
-    let name = format!("peer {}", Path::new(dir).file_name().unwrap().to_string_lossy());
+    let name = format!(
+        "peer {}",
+        Path::new(dir).file_name().unwrap().to_string_lossy()
+    );
     let proc = Proc::spawn(&name, peer_bin(), &args, envs);
     let line = proc.wait_stdout("nap peer serving");
     // "nap peer serving DIR at ADDR (index: ...)"
@@ -266,8 +282,7 @@ pub struct Answer {
 
 impl Answer {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 }
 
