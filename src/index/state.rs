@@ -123,6 +123,8 @@ pub struct IndexState {
     files: HashMap<String, FileEntry>,
     /// Lowercase name token -> names containing it; keyword search never scans all files.
     tokens: HashMap<String, HashSet<String>>,
+    /// Names with at least one holder, kept up to date so `/status` never counts.
+    held_files: usize,
 }
 
 /// Splits a name or query into lowercase alphanumeric tokens ("My_Song-01.mp3" ->
@@ -156,6 +158,7 @@ impl IndexState {
             peers: HashMap::with_capacity(peers),
             files: HashMap::with_capacity(files),
             tokens: HashMap::with_capacity(files),
+            held_files: 0,
         }
     }
 
@@ -170,10 +173,7 @@ impl IndexState {
 
     /// Names that at least one live peer holds.
     pub fn held_file_count(&self) -> usize {
-        self.files
-            .values()
-            .filter(|f| !f.holders.is_empty())
-            .count()
+        self.held_files
     }
 
     pub fn peer(&self, peer_id: &str) -> Option<&Peer> {
@@ -452,6 +452,9 @@ impl IndexState {
                 sha256: file.sha256,
                 created_ms: now,
             });
+        if entry.holders.is_empty() {
+            self.held_files += 1;
+        }
         entry.holders.insert(peer_id.to_string(), file.version);
         if let Some(peer) = self.peers.get_mut(peer_id) {
             peer.files.insert(file.name);
@@ -459,11 +462,18 @@ impl IndexState {
     }
 
     fn drop_holding(&mut self, peer_id: &str, name: &str) {
-        if let Some(entry) = self.files.get_mut(name) {
-            entry.holders.remove(peer_id);
-        }
+        self.release(peer_id, name);
         if let Some(peer) = self.peers.get_mut(peer_id) {
             peer.files.remove(name);
+        }
+    }
+
+    /// Removes `peer_id` from the holders of `name`, keeping the held-file count true.
+    fn release(&mut self, peer_id: &str, name: &str) {
+        if let Some(entry) = self.files.get_mut(name) {
+            if entry.holders.remove(peer_id).is_some() && entry.holders.is_empty() {
+                self.held_files -= 1;
+            }
         }
     }
 
@@ -473,9 +483,7 @@ impl IndexState {
             return false;
         };
         for name in &peer.files {
-            if let Some(entry) = self.files.get_mut(name) {
-                entry.holders.remove(peer_id);
-            }
+            self.release(peer_id, name);
         }
         true
     }
@@ -701,6 +709,7 @@ mod tests {
             }
         );
         assert_eq!(s.search("f", 10)[0].holders.len(), 1);
+        assert_eq!(s.held_file_count(), 1);
         s.apply(
             Op::Unregister {
                 peer_id: "bb".into(),
@@ -712,6 +721,70 @@ mod tests {
         assert!(s.search("f", 10).is_empty());
         assert_eq!(s.peer_count(), 0);
         assert_eq!(s.held_file_count(), 0);
+    }
+
+    /// Everything derived must agree with what it is derived from.
+    fn check_invariants(s: &IndexState) {
+        let held = s.files.values().filter(|f| !f.holders.is_empty()).count();
+        assert_eq!(s.held_file_count(), held);
+        for (id, peer) in &s.peers {
+            for name in &peer.files {
+                assert!(s.files[name].holders.contains_key(id), "{id} lists {name}");
+            }
+        }
+        for (name, entry) in &s.files {
+            for (id, version) in &entry.holders {
+                assert!(s.peers[id].files.contains(name), "{name} lists {id}");
+                assert!(entry.versions.contains_key(version));
+            }
+            for token in tokenize(name) {
+                assert!(s.tokens[&token].contains(name));
+            }
+        }
+    }
+
+    #[test]
+    fn random_op_sequences_keep_the_invariants() {
+        // A small deterministic generator: the same sequence on every run.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut s = IndexState::default();
+        let peers = ["a", "bb", "ccc", "dddd"];
+        let names = ["x", "y z", "Z.mp3", "w"];
+        for step in 0..5_000u64 {
+            let id = peers[next(4) as usize];
+            let name = names[next(4) as usize];
+            let file = meta(name, 1 + next(3), &format!("{name}{}", next(2)));
+            let op = match next(6) {
+                0 => register(id, vec![file]),
+                1 => heartbeat(id, vec![file], vec![]),
+                2 => heartbeat(id, vec![], vec![name]),
+                3 => Op::Announce {
+                    peer_id: id.into(),
+                    token_hash: hash_token(&format!("tok-{id}")),
+                    file,
+                },
+                4 => Op::Unregister {
+                    peer_id: id.into(),
+                    token_hash: hash_token(&format!("tok-{id}")),
+                },
+                _ => Op::Prune {
+                    peers: s.silent_peers(step, next(50)),
+                },
+            };
+            let before = s.seq();
+            match s.apply(op, step) {
+                Ok(_) => assert_eq!(s.seq(), before + 1),
+                Err(_) => assert_eq!(s.seq(), before),
+            }
+            check_invariants(&s);
+        }
+        assert!(s.seq() > 1_000, "most ops should apply");
     }
 
     #[test]
