@@ -81,7 +81,17 @@ fn seconds(flag: &str, value: f64) -> Duration {
 }
 
 fn servers(list: &str) -> Vec<String> {
-    list.split(',').map(str::to_string).collect()
+    let servers: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if servers.is_empty() {
+        eprintln!("nap-peer: --index needs at least one index server URL");
+        std::process::exit(2);
+    }
+    servers
 }
 
 fn main() {

@@ -257,3 +257,30 @@ fn many_periodic_clients_are_served_without_stalls() {
     });
     assert_eq!(failures, 0, "{failures} requests timed out or failed");
 }
+
+#[test]
+fn a_peer_whose_identity_is_taken_gets_a_new_one() {
+    let index = start_index(&[]);
+    let taken = json!({"addr": "127.0.0.1:9", "peer_id": "taken", "token": "first"});
+    assert_eq!(
+        post(&format!("{}/register", index.url), &taken.to_string()).status,
+        200
+    );
+    let a = tempfile::tempdir().unwrap();
+    fs::create_dir_all(a.path().join(".nap")).unwrap();
+    fs::write(
+        a.path().join(".nap/identity.json"),
+        json!({"peer_id": "taken", "token": "copied"}).to_string(),
+    )
+    .unwrap();
+    fs::write(a.path().join("mine.txt"), b"mine").unwrap();
+    let pa = start_peer(a.path(), &index.url, true, &[]);
+    let results = poll_until("the peer registered under a new id", || {
+        search(&index.url, "mine.txt").into_iter().next()
+    });
+    let id = results["holders"][0]["peer_id"].as_str().unwrap();
+    assert_ne!(id, "taken");
+    assert_eq!(results["holders"][0]["addr"], pa.addr.as_str());
+    let saved = fs::read_to_string(a.path().join(".nap/identity.json")).unwrap();
+    assert!(saved.contains(id), "{saved}");
+}

@@ -208,9 +208,18 @@ impl Peer {
             peer_id: identity.as_ref().map(|i| i.peer_id.clone()),
             token: identity.as_ref().map(|i| i.token.clone()),
         };
-        let response = self.index.register(&rq).inspect_err(|_| {
-            self.needs_register.store(true, Ordering::Relaxed);
-        })?;
+        let response = match self.index.register(&rq) {
+            Ok(r) => r,
+            Err(e) => {
+                self.needs_register.store(true, Ordering::Relaxed);
+                if matches!(e, ClientError::Api { status: 401, .. }) && identity.is_some() {
+                    // Another peer holds our id (a copied folder?): ask for a new identity.
+                    log::warn!("the index refuses our identity ({e}); asking for a new one");
+                    *self.identity.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                }
+                return Err(e);
+            }
+        };
         let fresh = Identity {
             peer_id: response.peer_id.clone(),
             token: response.token.clone(),
