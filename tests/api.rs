@@ -281,6 +281,8 @@ fn a_peer_whose_identity_is_taken_gets_a_new_one() {
     let id = results["holders"][0]["peer_id"].as_str().unwrap();
     assert_ne!(id, "taken");
     assert_eq!(results["holders"][0]["addr"], pa.addr.as_str());
-    let saved = fs::read_to_string(a.path().join(".nap/identity.json")).unwrap();
-    assert!(saved.contains(id), "{saved}");
+    poll_until("the new identity is saved", || {
+        let saved = fs::read_to_string(a.path().join(".nap/identity.json")).ok()?;
+        saved.contains(id).then_some(())
+    });
 }
