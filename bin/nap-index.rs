@@ -23,6 +23,9 @@ struct Args {
     /// largest request body accepted, in bytes
     #[argh(option, default = "4 * 1024 * 1024")]
     max_body: usize,
+    /// seconds a write lease lasts unless its holder renews it
+    #[argh(option, default = "60.0")]
+    lease_ttl: f64,
 }
 
 fn seconds(flag: &str, value: f64) -> Duration {
@@ -41,7 +44,12 @@ fn main() {
         heartbeat_interval: seconds("heartbeat-interval", args.heartbeat_interval),
         peer_timeout: seconds("peer-timeout", args.peer_timeout),
         max_body: args.max_body,
+        lease_ttl: seconds("lease-ttl", args.lease_ttl),
     };
+    if config.lease_ttl.is_zero() {
+        eprintln!("nap-index: --lease-ttl must be more than 0");
+        std::process::exit(2);
+    }
     if config.peer_timeout <= config.heartbeat_interval {
         log::warn!(
             "--peer-timeout is not longer than --heartbeat-interval: live peers will be pruned"

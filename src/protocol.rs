@@ -9,6 +9,11 @@ pub const PATH_ANNOUNCE: &str = "/announce";
 pub const PATH_UNREGISTER: &str = "/unregister";
 pub const PATH_SEARCH: &str = "/search";
 pub const PATH_STATUS: &str = "/status";
+pub const PATH_LEASE: &str = "/lease";
+pub const PATH_LEASE_RENEW: &str = "/lease/renew";
+pub const PATH_LEASE_RELEASE: &str = "/lease/release";
+/// `GET /file?name=NAME`: one file's version history, holders and lease.
+pub const PATH_FILE: &str = "/file";
 /// Peers serve their files under this prefix: `GET /files/NAME`.
 pub const PATH_FILES: &str = "/files/";
 
@@ -50,6 +55,13 @@ pub struct RegisterRequest {
 pub struct Rejected {
     pub name: String,
     pub reason: String,
+    /// The status this file alone would have got: 409, a conflict with the index's history.
+    #[serde(default = "conflict_status")]
+    pub status: u16,
+}
+
+fn conflict_status() -> u16 {
+    409
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,6 +126,75 @@ pub struct AnnounceResponse {
     pub latest_version: u64,
 }
 
+/// Asks for the write lease on `file`: the right to publish its next version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    pub peer_id: String,
+    pub token: String,
+    pub file: String,
+}
+
+/// Names a lease the peer holds, to renew or release it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseIdRequest {
+    pub peer_id: String,
+    pub token: String,
+    pub lease_id: String,
+}
+
+/// A lease granted or renewed. `version`, `size` and `sha256` describe the file's latest
+/// version: the next publish must be `version + 1`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseResponse {
+    pub lease_id: String,
+    pub file: String,
+    /// Time left on the lease, in milliseconds.
+    pub ttl_ms: u64,
+    pub version: u64,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseResponse {
+    pub released: bool,
+    pub file: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionEntry {
+    pub version: u64,
+    pub size: u64,
+    pub sha256: String,
+    /// When the index first learned this version (index clock, ms since the epoch).
+    pub created_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HolderVersion {
+    pub peer_id: String,
+    pub addr: String,
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub holder: String,
+    pub remaining_ms: u64,
+}
+
+/// Answer of `GET /file?name=NAME`: everything the index knows of one file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileInfoResponse {
+    pub name: String,
+    /// Every known version, oldest first.
+    pub versions: Vec<VersionEntry>,
+    pub holders: Vec<HolderVersion>,
+    /// The live write lease, if someone is editing the file.
+    #[serde(default)]
+    pub lease: Option<LeaseInfo>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UnregisterRequest {
     pub peer_id: String,
@@ -154,6 +235,11 @@ pub struct StatusResponse {
     pub uptime_ms: u64,
     pub heartbeat_interval_ms: u64,
     pub peer_timeout_ms: u64,
+    /// Leases not yet swept (live, or expired moments ago).
+    #[serde(default)]
+    pub leases: usize,
+    #[serde(default)]
+    pub lease_ttl_ms: u64,
 }
 
 /// Body of every error answer from the index and the peers' file servers.
@@ -163,6 +249,22 @@ pub struct ErrorBody {
     /// Set on answers to a peer the index does not know: the peer must register again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reregister: bool,
+    /// On a refused lease: the peer holding it, and how long it still runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining_ms: Option<u64>,
+}
+
+impl ErrorBody {
+    pub fn new(error: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            error: error.into(),
+            reregister: false,
+            holder: None,
+            remaining_ms: None,
+        }
+    }
 }
 
 /// Checks a file name against the rule both sides share: one plain path component that

@@ -8,12 +8,14 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tiny_http::{Header, Method, Request, Response};
 
+use super::lease::{Lease, LeaseError};
 use super::state::{hash_token, Op, Outcome, StateError};
-use super::Index;
+use super::{planner, Index};
 use crate::protocol::{
-    self, AnnounceRequest, AnnounceResponse, ErrorBody, FileMeta, HeartbeatRequest,
-    HeartbeatResponse, RegisterRequest, RegisterResponse, SearchResponse, StatusResponse,
-    UnregisterRequest,
+    self, AnnounceRequest, AnnounceResponse, ErrorBody, FileInfoResponse, FileMeta,
+    HeartbeatRequest, HeartbeatResponse, HolderVersion, LeaseIdRequest, LeaseInfo, LeaseRequest,
+    LeaseResponse, RegisterRequest, RegisterResponse, ReleaseResponse, SearchResponse,
+    StatusResponse, UnregisterRequest, VersionEntry,
 };
 
 /// Everything a handler can answer instead of a success.
@@ -21,10 +23,17 @@ use crate::protocol::{
 pub enum ApiError {
     BadRequest(String),
     BadToken(String),
+    Forbidden(String),
     UnknownPeer(String),
     NotFound(String),
     MethodNotAllowed(&'static str),
     Conflict(String),
+    /// Someone else holds the lease: the answer says who and for how long.
+    LeaseHeld {
+        message: String,
+        holder: String,
+        remaining_ms: u64,
+    },
     TooLarge(usize),
     Internal(String),
 }
@@ -34,9 +43,10 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => 400,
             ApiError::BadToken(_) => 401,
+            ApiError::Forbidden(_) => 403,
             ApiError::UnknownPeer(_) | ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed(_) => 405,
-            ApiError::Conflict(_) => 409,
+            ApiError::Conflict(_) | ApiError::LeaseHeld { .. } => 409,
             ApiError::TooLarge(_) => 413,
             ApiError::Internal(_) => 500,
         }
@@ -46,17 +56,27 @@ impl ApiError {
         let error = match self {
             ApiError::BadRequest(m)
             | ApiError::BadToken(m)
+            | ApiError::Forbidden(m)
             | ApiError::UnknownPeer(m)
             | ApiError::NotFound(m)
             | ApiError::Conflict(m)
+            | ApiError::LeaseHeld { message: m, .. }
             | ApiError::Internal(m) => m.clone(),
             ApiError::MethodNotAllowed(allowed) => format!("method not allowed; use {allowed}"),
             ApiError::TooLarge(max) => format!("request body is larger than {max} bytes"),
         };
-        ErrorBody {
-            error,
-            reregister: matches!(self, ApiError::UnknownPeer(_)),
+        let mut body = ErrorBody::new(error);
+        body.reregister = matches!(self, ApiError::UnknownPeer(_));
+        if let ApiError::LeaseHeld {
+            holder,
+            remaining_ms,
+            ..
+        } = self
+        {
+            body.holder = Some(holder.clone());
+            body.remaining_ms = Some(*remaining_ms);
         }
+        body
     }
 }
 
@@ -67,6 +87,18 @@ impl From<StateError> for ApiError {
             StateError::UnknownPeer(_) => ApiError::UnknownPeer(message),
             StateError::BadToken(_) => ApiError::BadToken(message),
             StateError::Conflict(_) => ApiError::Conflict(message),
+            StateError::NoSuchFile(_) => ApiError::NotFound(message),
+            StateError::Lease(LeaseError::Held {
+                holder,
+                remaining_ms,
+                ..
+            }) => ApiError::LeaseHeld {
+                message,
+                holder,
+                remaining_ms,
+            },
+            StateError::Lease(LeaseError::NotYours { .. }) => ApiError::Forbidden(message),
+            StateError::Lease(_) => ApiError::Conflict(message),
         }
     }
 }
@@ -163,9 +195,25 @@ fn route(index: &Index, request: &mut Request) -> Result<Reply, ApiError> {
             expect(Method::Post, "POST")?;
             unregister(index, read_json(index, request)?)
         }
+        protocol::PATH_LEASE => {
+            expect(Method::Post, "POST")?;
+            lease(index, read_json(index, request)?)
+        }
+        protocol::PATH_LEASE_RENEW => {
+            expect(Method::Post, "POST")?;
+            renew_lease(index, read_json(index, request)?)
+        }
+        protocol::PATH_LEASE_RELEASE => {
+            expect(Method::Post, "POST")?;
+            release_lease(index, read_json(index, request)?)
+        }
         protocol::PATH_SEARCH => {
             expect(Method::Get, "GET")?;
             search(index, query)
+        }
+        protocol::PATH_FILE => {
+            expect(Method::Get, "GET")?;
+            file_info(index, query)
         }
         protocol::PATH_STATUS => {
             expect(Method::Get, "GET")?;
@@ -304,13 +352,14 @@ fn register(index: &Index, rq: RegisterRequest) -> Result<Reply, ApiError> {
             format!(" ({} file(s) rejected)", rejected.len())
         }
     );
+    let tasks = planner::refresh_tasks(&index.read(), &peer_id);
     Ok(Reply::json(
         200,
         &RegisterResponse {
             peer_id,
             token,
             heartbeat_interval_ms: index.config().heartbeat_interval.as_millis() as u64,
-            tasks: Vec::new(),
+            tasks,
             rejected,
         },
     ))
@@ -320,6 +369,7 @@ fn heartbeat(index: &Index, rq: HeartbeatRequest) -> Result<Reply, ApiError> {
     let token_hash = credentials(&rq.peer_id, &rq.token)?;
     validate_files(&rq.added)?;
     validate_names(&rq.removed)?;
+    let peer_id = rq.peer_id.clone();
     let outcome = index.submit(Op::Heartbeat {
         peer_id: rq.peer_id,
         token_hash,
@@ -332,7 +382,7 @@ fn heartbeat(index: &Index, rq: HeartbeatRequest) -> Result<Reply, ApiError> {
     Ok(Reply::json(
         200,
         &HeartbeatResponse {
-            tasks: Vec::new(),
+            tasks: planner::refresh_tasks(&index.read(), &peer_id),
             rejected,
         },
     ))
@@ -347,11 +397,15 @@ fn announce(index: &Index, rq: AnnounceRequest) -> Result<Reply, ApiError> {
         sha256: rq.sha256,
     };
     protocol::validate_file_meta(&file).map_err(ApiError::BadRequest)?;
+    if let Some(id) = &rq.lease_id {
+        validate_lease_id(id)?;
+    }
     let (name, version) = (file.name.clone(), file.version);
     let outcome = index.submit(Op::Announce {
         peer_id: rq.peer_id,
         token_hash,
         file,
+        lease_id: rq.lease_id,
     })?;
     let Outcome::Announced { latest_version } = outcome else {
         return Err(ApiError::Internal(format!("announce gave {outcome:?}")));
@@ -377,13 +431,157 @@ fn unregister(index: &Index, rq: UnregisterRequest) -> Result<Reply, ApiError> {
     Ok(Reply::json(200, &serde_json::json!({ "ok": true })))
 }
 
+/// The decoded `key=value` pairs of a query string.
+fn query_params(query: &str) -> Result<Vec<(&str, String)>, ApiError> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            protocol::url_decode(value, true)
+                .map(|value| (key, value))
+                .ok_or_else(|| ApiError::BadRequest(format!("bad escape in query parameter {key}")))
+        })
+        .collect()
+}
+
+/// Lease ids are random hex drawn here; anything else cannot be one.
+fn validate_lease_id(id: &str) -> Result<(), ApiError> {
+    if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(
+            "lease_id must be 1-64 hex digits".into(),
+        ))
+    }
+}
+
+fn lease_reply(index: &Index, lease: &Lease, latest: FileMeta) -> Reply {
+    Reply::json(
+        200,
+        &LeaseResponse {
+            lease_id: lease.lease_id.clone(),
+            file: lease.file.clone(),
+            ttl_ms: lease.remaining_ms(index.now()),
+            version: latest.version,
+            size: latest.size,
+            sha256: latest.sha256,
+        },
+    )
+}
+
+fn lease(index: &Index, rq: LeaseRequest) -> Result<Reply, ApiError> {
+    let token_hash = credentials(&rq.peer_id, &rq.token)?;
+    protocol::validate_file_name(&rq.file)
+        .map_err(|e| ApiError::BadRequest(format!("file {:?}: {e}", rq.file)))?;
+    let lease_id = crate::net::random_hex(16)
+        .map_err(|e| ApiError::Internal(format!("no randomness for lease ids: {e}")))?;
+    let outcome = index.submit(Op::AcquireLease {
+        peer_id: rq.peer_id,
+        token_hash,
+        file: rq.file,
+        lease_id,
+        ttl_ms: index.config().lease_ttl.as_millis() as u64,
+    })?;
+    let Outcome::Leased { lease, latest } = outcome else {
+        return Err(ApiError::Internal(format!("lease gave {outcome:?}")));
+    };
+    log::info!(
+        "peer {} leased {} (v{}) for {:?}",
+        lease.peer_id,
+        lease.file,
+        latest.version,
+        index.config().lease_ttl
+    );
+    Ok(lease_reply(index, &lease, latest))
+}
+
+fn renew_lease(index: &Index, rq: LeaseIdRequest) -> Result<Reply, ApiError> {
+    let token_hash = credentials(&rq.peer_id, &rq.token)?;
+    validate_lease_id(&rq.lease_id)?;
+    let outcome = index.submit(Op::RenewLease {
+        peer_id: rq.peer_id,
+        token_hash,
+        lease_id: rq.lease_id,
+        ttl_ms: index.config().lease_ttl.as_millis() as u64,
+    })?;
+    let Outcome::Leased { lease, latest } = outcome else {
+        return Err(ApiError::Internal(format!("renew gave {outcome:?}")));
+    };
+    Ok(lease_reply(index, &lease, latest))
+}
+
+fn release_lease(index: &Index, rq: LeaseIdRequest) -> Result<Reply, ApiError> {
+    let token_hash = credentials(&rq.peer_id, &rq.token)?;
+    validate_lease_id(&rq.lease_id)?;
+    let peer_id = rq.peer_id.clone();
+    let outcome = index.submit(Op::ReleaseLease {
+        peer_id: rq.peer_id,
+        token_hash,
+        lease_id: rq.lease_id,
+    })?;
+    let Outcome::LeaseReleased { file } = outcome else {
+        return Err(ApiError::Internal(format!("release gave {outcome:?}")));
+    };
+    log::info!("peer {peer_id} released its lease on {file}");
+    Ok(Reply::json(
+        200,
+        &ReleaseResponse {
+            released: true,
+            file,
+        },
+    ))
+}
+
+fn file_info(index: &Index, query: &str) -> Result<Reply, ApiError> {
+    let name = query_params(query)?
+        .into_iter()
+        .find(|(key, _)| *key == "name")
+        .map(|(_, value)| value)
+        .ok_or_else(|| ApiError::BadRequest("missing query parameter name".into()))?;
+    protocol::validate_file_name(&name)
+        .map_err(|e| ApiError::BadRequest(format!("name {name:?}: {e}")))?;
+    let now = index.now();
+    let state = index.read();
+    let entry = state
+        .file(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("no version of {name} is known")))?;
+    let info = FileInfoResponse {
+        name: name.clone(),
+        versions: entry
+            .versions
+            .iter()
+            .map(|(v, i)| VersionEntry {
+                version: *v,
+                size: i.size,
+                sha256: i.sha256.clone(),
+                created_ms: i.created_ms,
+            })
+            .collect(),
+        holders: entry
+            .holders
+            .iter()
+            .filter_map(|(id, version)| {
+                state.peer(id).map(|p| HolderVersion {
+                    peer_id: id.clone(),
+                    addr: p.addr.clone(),
+                    version: *version,
+                })
+            })
+            .collect(),
+        lease: state.leases().live(&name, now).map(|l| LeaseInfo {
+            holder: l.peer_id.clone(),
+            remaining_ms: l.remaining_ms(now),
+        }),
+    };
+    drop(state);
+    Ok(Reply::json(200, &info))
+}
+
 fn search(index: &Index, query: &str) -> Result<Reply, ApiError> {
     let mut text = None;
     let mut limit = protocol::DEFAULT_SEARCH_LIMIT;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = protocol::url_decode(value, true)
-            .ok_or_else(|| ApiError::BadRequest(format!("bad escape in query parameter {key}")))?;
+    for (key, value) in query_params(query)? {
         match key {
             "q" => text = Some(value),
             "limit" => {
@@ -401,9 +599,14 @@ fn search(index: &Index, query: &str) -> Result<Reply, ApiError> {
 }
 
 fn status(index: &Index) -> Reply {
-    let (peers, files, seq) = {
+    let (peers, files, seq, leases) = {
         let state = index.read();
-        (state.peer_count(), state.held_file_count(), state.seq())
+        (
+            state.peer_count(),
+            state.held_file_count(),
+            state.seq(),
+            state.leases().len(),
+        )
     };
     let config = index.config();
     Reply::json(
@@ -416,6 +619,8 @@ fn status(index: &Index) -> Reply {
             uptime_ms: index.uptime().as_millis() as u64,
             heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
             peer_timeout_ms: config.peer_timeout.as_millis() as u64,
+            leases,
+            lease_ttl_ms: config.lease_ttl.as_millis() as u64,
         },
     )
 }

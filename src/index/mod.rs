@@ -1,12 +1,15 @@
-//! The central index server: a deterministic state machine (`state`) behind thin edges: HTTP
-//! handlers (`http`) and the pruner of silent peers (`prune`).
+//! The central index server: a deterministic state machine (`state`, with its `lease` table)
+//! behind thin edges: HTTP handlers (`http`) and the `sweep`er of silent peers and expired
+//! leases. The `planner` turns the state into copy tasks for peers.
 //!
 //! Every change goes through [`Index::submit`], the one place where an op meets the clock and
 //! the write lock; the edges that come later (shadow sync, the disk log) hang off it too.
 
 pub mod http;
-pub mod prune;
+pub mod lease;
+pub mod planner;
 pub mod state;
+pub mod sweep;
 
 use std::io;
 use std::net::SocketAddr;
@@ -30,6 +33,8 @@ pub struct IndexConfig {
     pub peer_timeout: Duration,
     /// Largest request body accepted, in bytes.
     pub max_body: usize,
+    /// How long a write lease lasts unless renewed.
+    pub lease_ttl: Duration,
 }
 
 impl Default for IndexConfig {
@@ -40,6 +45,7 @@ impl Default for IndexConfig {
             heartbeat_interval: Duration::from_secs(5),
             peer_timeout: Duration::from_secs(15),
             max_body: 4 << 20,
+            lease_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -90,6 +96,26 @@ impl Index {
         }
     }
 
+    /// Removes the leases that have expired; returns their ids. Expired leases are already
+    /// worthless; this keeps the table small and puts expiry in the op stream.
+    pub fn expire_leases(&self) -> Vec<String> {
+        let now = (self.clock)();
+        if self.read().leases().expired(now).is_empty() {
+            return Vec::new();
+        }
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let lease_ids = state.leases().expired(now);
+        match state.apply(Op::ExpireLeases { lease_ids }, now) {
+            Ok(Outcome::LeasesExpired { lease_ids }) => lease_ids,
+            _ => Vec::new(),
+        }
+    }
+
+    /// The index clock, in milliseconds since the epoch.
+    pub fn now(&self) -> Millis {
+        (self.clock)()
+    }
+
     pub fn config(&self) -> &IndexConfig {
         &self.config
     }
@@ -108,7 +134,7 @@ pub struct IndexServer {
 }
 
 impl IndexServer {
-    /// Binds, then starts the HTTP workers and the pruner.
+    /// Binds, then starts the HTTP workers and the sweeper.
     pub fn start(config: IndexConfig) -> io::Result<IndexServer> {
         let (server, addr) = crate::net::http_server(&config.listen)?;
         let server = Arc::new(server);
@@ -126,8 +152,8 @@ impl IndexServer {
         }
         threads.push(
             std::thread::Builder::new()
-                .name("pruner".into())
-                .spawn(move || prune::run(&index, &stopped))?,
+                .name("sweeper".into())
+                .spawn(move || sweep::run(&index, &stopped))?,
         );
         log::info!("index listening on {addr}");
         Ok(IndexServer {
@@ -147,7 +173,7 @@ impl IndexServer {
         format!("http://{}", self.addr)
     }
 
-    /// Stops the workers and the pruner and waits for them.
+    /// Stops the workers and the sweeper and waits for them.
     pub fn stop(self) {
         drop(self.stop);
         for _ in 0..self.threads.len() {

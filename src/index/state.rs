@@ -1,6 +1,6 @@
 //! The index as a deterministic state machine: `IndexState::apply(op, now)` is the only way
-//! its content changes. It owns peers, their holdings, every file's version history and the
-//! search index. It must not do I/O, read a clock or draw random numbers: time comes in as an
+//! its content changes. It owns peers, their holdings, every file's version history, the write
+//! leases and the search index. It must not do I/O, read a clock or draw random numbers: time comes in as an
 //! argument and randomness (peer ids, tokens) is decided at the edge and carried in the op, so
 //! that the same ops applied in the same order give the same state anywhere.
 
@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::lease::{Lease, LeaseError, LeaseTable};
 use crate::protocol::{FileMeta, Holder, Rejected, SearchResult};
 
 /// Milliseconds since the Unix epoch, as handed in by the caller.
@@ -32,16 +33,43 @@ pub enum Op {
         added: Vec<FileMeta>,
         removed: Vec<String>,
     },
-    /// "I now hold this file at this version."
+    /// "I now hold this file at this version." A version after the latest needs the peer's
+    /// live lease on the file, and uses it up.
     Announce {
         peer_id: String,
         token_hash: String,
         file: FileMeta,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease_id: Option<String>,
     },
     /// A graceful leave: the peer and its holdings go away.
     Unregister { peer_id: String, token_hash: String },
     /// Peers found silent for too long; they go as if they had unregistered.
     Prune { peers: Vec<String> },
+    /// Asks for the right to publish the next version of `file` for `ttl_ms`. `lease_id` is
+    /// drawn at the edge; a peer that already holds the lease keeps its old id.
+    AcquireLease {
+        peer_id: String,
+        token_hash: String,
+        file: String,
+        lease_id: String,
+        ttl_ms: u64,
+    },
+    /// Extends a live lease to `ttl_ms` from now.
+    RenewLease {
+        peer_id: String,
+        token_hash: String,
+        lease_id: String,
+        ttl_ms: u64,
+    },
+    /// Gives a lease back without publishing.
+    ReleaseLease {
+        peer_id: String,
+        token_hash: String,
+        lease_id: String,
+    },
+    /// Leases found expired by the sweeper; those still expired at `now` are removed.
+    ExpireLeases { lease_ids: Vec<String> },
 }
 
 /// What a successful `apply` did.
@@ -62,6 +90,17 @@ pub enum Outcome {
     Pruned {
         peers: Vec<String>,
     },
+    /// A lease granted or renewed, with the file's latest version as it stands.
+    Leased {
+        lease: Lease,
+        latest: FileMeta,
+    },
+    LeaseReleased {
+        file: String,
+    },
+    LeasesExpired {
+        lease_ids: Vec<String>,
+    },
 }
 
 /// Why an op was refused. A refused op changes nothing.
@@ -73,6 +112,10 @@ pub enum StateError {
     BadToken(String),
     /// The op contradicts what the index already holds (e.g. other content under one version).
     Conflict(String),
+    /// No version of this file is known.
+    NoSuchFile(String),
+    /// A lease could not be granted or used.
+    Lease(LeaseError),
 }
 
 impl std::fmt::Display for StateError {
@@ -81,6 +124,8 @@ impl std::fmt::Display for StateError {
             StateError::UnknownPeer(id) => write!(f, "unknown peer {id}; register again"),
             StateError::BadToken(id) => write!(f, "wrong token for peer {id}"),
             StateError::Conflict(why) => f.write_str(why),
+            StateError::NoSuchFile(name) => write!(f, "no version of {name} is known"),
+            StateError::Lease(e) => write!(f, "{e}"),
         }
     }
 }
@@ -106,6 +151,18 @@ impl FileEntry {
     pub fn latest(&self) -> Option<(u64, &VersionInfo)> {
         self.versions.iter().next_back().map(|(v, i)| (*v, i))
     }
+
+    pub fn latest_version(&self) -> u64 {
+        self.latest().map_or(0, |(v, _)| v)
+    }
+}
+
+/// How a claimed holding relates to a file's history.
+enum Claim {
+    /// The version is known, with this content; or the name is new to the index.
+    Known,
+    /// The version right after the latest: someone is publishing, which takes a lease.
+    Next,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -125,6 +182,7 @@ pub struct IndexState {
     tokens: HashMap<String, HashSet<String>>,
     /// Names with at least one holder, kept up to date so `/status` never counts.
     held_files: usize,
+    leases: LeaseTable,
 }
 
 /// Splits a name or query into lowercase alphanumeric tokens ("My_Song-01.mp3" ->
@@ -159,6 +217,7 @@ impl IndexState {
             files: HashMap::with_capacity(files),
             tokens: HashMap::with_capacity(files),
             held_files: 0,
+            leases: LeaseTable::default(),
         }
     }
 
@@ -182,6 +241,21 @@ impl IndexState {
 
     pub fn file(&self, name: &str) -> Option<&FileEntry> {
         self.files.get(name)
+    }
+
+    pub fn leases(&self) -> &LeaseTable {
+        &self.leases
+    }
+
+    /// The latest version of `name` as a peer would hold it.
+    pub fn latest_meta(&self, name: &str) -> Option<FileMeta> {
+        let (version, info) = self.files.get(name)?.latest()?;
+        Some(FileMeta {
+            name: name.to_string(),
+            version,
+            size: info.size,
+            sha256: info.sha256.clone(),
+        })
     }
 
     /// Applies one op. On `Err` nothing changed; on `Ok` the sequence number went up by one.
@@ -245,13 +319,37 @@ impl IndexState {
                 peer_id,
                 token_hash,
                 file,
+                lease_id,
             } => {
-                let peer = self.authed_peer(&peer_id, &token_hash)?;
-                peer.last_seen_ms = now;
+                self.authed_peer(&peer_id, &token_hash)?;
                 let name = file.name.clone();
-                self.check_holding(&file).map_err(StateError::Conflict)?;
+                match self.check_holding(&file).map_err(StateError::Conflict)? {
+                    Claim::Known => {}
+                    Claim::Next => {
+                        let lease_id = lease_id.ok_or_else(|| {
+                            StateError::Conflict(format!(
+                                "{name} v{} would be a new version: publishing it needs a lease",
+                                file.version
+                            ))
+                        })?;
+                        let lease = self
+                            .leases
+                            .check(&lease_id, &peer_id, now)
+                            .map_err(StateError::Lease)?;
+                        if lease.file != name {
+                            return Err(StateError::Lease(LeaseError::OtherFile {
+                                leased: lease.file.clone(),
+                            }));
+                        }
+                        // The lease is spent: the next version needs a new one.
+                        self.leases.remove(&lease_id);
+                    }
+                }
                 self.add_holding(&peer_id, file, now);
-                let latest_version = self.files[&name].latest().map_or(0, |(v, _)| v);
+                if let Some(peer) = self.peers.get_mut(&peer_id) {
+                    peer.last_seen_ms = now;
+                }
+                let latest_version = self.files.get(&name).map_or(0, FileEntry::latest_version);
                 Outcome::Announced { latest_version }
             }
             Op::Unregister {
@@ -268,6 +366,62 @@ impl IndexState {
                     .filter(|id| self.remove_peer(id))
                     .collect();
                 Outcome::Pruned { peers }
+            }
+            Op::AcquireLease {
+                peer_id,
+                token_hash,
+                file,
+                lease_id,
+                ttl_ms,
+            } => {
+                self.authed_peer(&peer_id, &token_hash)?;
+                let latest = self
+                    .latest_meta(&file)
+                    .ok_or_else(|| StateError::NoSuchFile(file.clone()))?;
+                let lease = self
+                    .leases
+                    .grant(&file, &peer_id, lease_id, now.saturating_add(ttl_ms), now)
+                    .map_err(StateError::Lease)?
+                    .clone();
+                Outcome::Leased { lease, latest }
+            }
+            Op::RenewLease {
+                peer_id,
+                token_hash,
+                lease_id,
+                ttl_ms,
+            } => {
+                self.authed_peer(&peer_id, &token_hash)?;
+                let lease = self
+                    .leases
+                    .renew(&lease_id, &peer_id, now.saturating_add(ttl_ms), now)
+                    .map_err(StateError::Lease)?
+                    .clone();
+                let latest = self
+                    .latest_meta(&lease.file)
+                    .ok_or_else(|| StateError::NoSuchFile(lease.file.clone()))?;
+                Outcome::Leased { lease, latest }
+            }
+            Op::ReleaseLease {
+                peer_id,
+                token_hash,
+                lease_id,
+            } => {
+                self.authed_peer(&peer_id, &token_hash)?;
+                let lease = self
+                    .leases
+                    .release(&lease_id, &peer_id, now)
+                    .map_err(StateError::Lease)?;
+                Outcome::LeaseReleased { file: lease.file }
+            }
+            Op::ExpireLeases { lease_ids } => {
+                let expired = self.leases.expired(now);
+                let lease_ids: Vec<String> = lease_ids
+                    .into_iter()
+                    .filter(|id| expired.binary_search(id).is_ok())
+                    .filter(|id| self.leases.remove(id).is_some())
+                    .collect();
+                Outcome::LeasesExpired { lease_ids }
             }
         };
         self.seq += 1;
@@ -342,6 +496,8 @@ impl IndexState {
             let line = serde_json::to_string(&(name, &self.files[name])).unwrap_or_default();
             h.update(line.as_bytes());
         }
+        let leases = serde_json::to_string(&self.leases.canonical()).unwrap_or_default();
+        h.update(leases.as_bytes());
         hex(&h.finalize())
     }
 
@@ -390,7 +546,18 @@ impl IndexState {
     fn add_holdings(&mut self, peer_id: &str, files: Vec<FileMeta>, now: Millis) -> Vec<Rejected> {
         let mut rejected = Vec::new();
         for file in files {
-            match self.check_holding(&file) {
+            let claim = self.check_holding(&file).and_then(|claim| match claim {
+                Claim::Known => Ok(()),
+                Claim::Next => Err(format!(
+                    "v{} of {} is newer than the index's v{}: publishing a new version \
+                     needs a lease (use `update {}`)",
+                    file.version,
+                    file.name,
+                    file.version - 1,
+                    file.name
+                )),
+            });
+            match claim {
                 Ok(()) => self.add_holding(peer_id, file, now),
                 Err(reason) => {
                     // The peer no longer counts as a holder of a name it could not record.
@@ -398,6 +565,7 @@ impl IndexState {
                     rejected.push(Rejected {
                         name: file.name,
                         reason,
+                        status: 409,
                     });
                 }
             }
@@ -406,9 +574,11 @@ impl IndexState {
     }
 
     /// Whether a peer may claim `file`: one content per (name, version), and no version gaps.
-    fn check_holding(&self, file: &FileMeta) -> Result<(), String> {
+    /// A name new to the index starts its history at whatever version the peer holds: v1
+    /// for a new file, or a later one when the index lost its history in a restart.
+    fn check_holding(&self, file: &FileMeta) -> Result<Claim, String> {
         let Some(entry) = self.files.get(&file.name) else {
-            return Ok(());
+            return Ok(Claim::Known);
         };
         if let Some(known) = entry.versions.get(&file.version) {
             if known.sha256 != file.sha256 || known.size != file.size {
@@ -418,16 +588,21 @@ impl IndexState {
                     file.name, file.version, known.sha256
                 ));
             }
-            return Ok(());
+            return Ok(Claim::Known);
         }
-        let latest = entry.latest().map_or(0, |(v, _)| v);
-        if file.version > latest + 1 {
-            return Err(format!(
+        let latest = entry.latest_version();
+        if file.version == latest + 1 {
+            Ok(Claim::Next)
+        } else if file.version > latest {
+            Err(format!(
                 "{} v{} skips versions: the latest known is v{latest}",
                 file.name, file.version
-            ));
+            ))
+        } else {
+            // Older than the latest and unknown: history from before an index restart. The
+            // holder is stale either way and will be told to fetch the latest.
+            Ok(Claim::Known)
         }
-        Ok(())
     }
 
     /// Records a holding already checked by `check_holding`.
@@ -485,6 +660,10 @@ impl IndexState {
         for name in &peer.files {
             self.release(peer_id, name);
         }
+        // A peer that left cannot publish: its leases free their files now.
+        for lease_id in self.leases.held_by(peer_id) {
+            self.leases.remove(&lease_id);
+        }
         true
     }
 }
@@ -520,6 +699,25 @@ mod tests {
             token_hash: hash_token(&format!("tok-{id}")),
             addr: format!("127.0.0.1:{}", 9000 + id.len()),
             files,
+        }
+    }
+
+    fn announce(id: &str, file: FileMeta, lease_id: Option<&str>) -> Op {
+        Op::Announce {
+            peer_id: id.into(),
+            token_hash: hash_token(&format!("tok-{id}")),
+            file,
+            lease_id: lease_id.map(String::from),
+        }
+    }
+
+    fn lease(id: &str, file: &str, lease_id: &str, ttl_ms: u64) -> Op {
+        Op::AcquireLease {
+            peer_id: id.into(),
+            token_hash: hash_token(&format!("tok-{id}")),
+            file: file.into(),
+            lease_id: lease_id.into(),
+            ttl_ms,
         }
     }
 
@@ -599,6 +797,7 @@ mod tests {
                     peer_id: "b".into(),
                     token_hash: hash_token("tok-b"),
                     file: meta("doc.txt", 1, "evil"),
+                    lease_id: None,
                 },
                 0,
             )
@@ -613,7 +812,8 @@ mod tests {
             .unwrap();
         s.apply(register("b", vec![meta("doc.txt", 1, "v1")]), 0)
             .unwrap();
-        s.apply(heartbeat("a", vec![meta("doc.txt", 2, "v2")], vec![]), 1)
+        s.apply(lease("a", "doc.txt", "L1", 1_000), 1).unwrap();
+        s.apply(announce("a", meta("doc.txt", 2, "v2"), Some("L1")), 1)
             .unwrap();
         let r = &s.search("doc.txt", 10)[0];
         assert_eq!(r.version, 2);
@@ -627,6 +827,7 @@ mod tests {
                     peer_id: "b".into(),
                     token_hash: hash_token("tok-b"),
                     file: meta("doc.txt", 4, "v4"),
+                    lease_id: None,
                 },
                 2,
             )
@@ -723,6 +924,219 @@ mod tests {
         assert_eq!(s.held_file_count(), 0);
     }
 
+    #[test]
+    fn a_new_version_needs_the_publishers_live_lease_and_uses_it_up() {
+        let mut s = IndexState::default();
+        s.apply(register("a", vec![meta("doc", 1, "v1")]), 0)
+            .unwrap();
+        s.apply(register("b", vec![meta("doc", 1, "v1")]), 0)
+            .unwrap();
+
+        // Without a lease: neither a heartbeat nor an announce may publish v2.
+        let out = s
+            .apply(heartbeat("a", vec![meta("doc", 2, "x")], vec![]), 1)
+            .unwrap();
+        let Outcome::HeartbeatAccepted { rejected } = out else {
+            panic!("{out:?}")
+        };
+        assert!(rejected[0].reason.contains("lease"), "{rejected:?}");
+        let err = s
+            .apply(announce("a", meta("doc", 2, "x"), None), 1)
+            .unwrap_err();
+        assert!(matches!(err, StateError::Conflict(ref m) if m.contains("lease")));
+        assert_eq!(s.file("doc").unwrap().latest_version(), 1);
+
+        // One lease at a time; the loser learns who holds it and for how long.
+        let out = s.apply(lease("a", "doc", "La", 1_000), 10).unwrap();
+        let Outcome::Leased {
+            lease: granted,
+            latest,
+        } = out
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!((granted.lease_id.as_str(), latest.version), ("La", 1));
+        assert_eq!(
+            s.apply(lease("b", "doc", "Lb", 1_000), 110),
+            Err(StateError::Lease(LeaseError::Held {
+                file: "doc".into(),
+                holder: "a".into(),
+                remaining_ms: 900
+            }))
+        );
+        // Someone else's lease, or no such file.
+        assert_eq!(
+            s.apply(announce("b", meta("doc", 2, "y"), Some("La")), 120),
+            Err(StateError::Lease(LeaseError::NotYours {
+                holder: "a".into()
+            }))
+        );
+        assert!(matches!(
+            s.apply(lease("b", "nothing", "Lb", 1_000), 120),
+            Err(StateError::NoSuchFile(_))
+        ));
+
+        s.apply(announce("a", meta("doc", 2, "x"), Some("La")), 200)
+            .unwrap();
+        assert_eq!(s.file("doc").unwrap().latest_version(), 2);
+        assert!(s.leases().is_empty(), "a publish spends the lease");
+        assert_eq!(
+            s.apply(announce("a", meta("doc", 3, "z"), Some("La")), 210),
+            Err(StateError::Lease(LeaseError::Unknown))
+        );
+        // The file is free again; b is stale now, and can copy v2 without a lease.
+        s.apply(lease("b", "doc", "Lb", 1_000), 220).unwrap();
+        s.apply(announce("b", meta("doc", 2, "x"), None), 230)
+            .unwrap();
+        assert_eq!(s.search("doc", 1)[0].holders.len(), 2);
+        // A retried publish of what is now an existing version is accepted as a copy.
+        s.apply(announce("a", meta("doc", 2, "x"), Some("La")), 240)
+            .unwrap();
+    }
+
+    #[test]
+    fn expired_leases_are_worthless_and_swept() {
+        let mut s = IndexState::default();
+        s.apply(register("a", vec![meta("doc", 1, "v1")]), 0)
+            .unwrap();
+        s.apply(register("b", vec![]), 0).unwrap();
+        s.apply(lease("a", "doc", "La", 100), 0).unwrap();
+        s.apply(
+            Op::RenewLease {
+                peer_id: "a".into(),
+                token_hash: hash_token("tok-a"),
+                lease_id: "La".into(),
+                ttl_ms: 100,
+            },
+            50,
+        )
+        .unwrap();
+        assert!(s.leases().expired(149).is_empty());
+        assert_eq!(
+            s.apply(announce("a", meta("doc", 2, "x"), Some("La")), 160),
+            Err(StateError::Lease(LeaseError::Expired { ago_ms: 10 }))
+        );
+        // Expired means free, even before the sweeper comes by.
+        let before = s.leases().expired(160);
+        assert_eq!(before, vec!["La".to_string()]);
+        s.apply(lease("b", "doc", "Lb", 100), 170).unwrap();
+        // The sweeper removes only what is still expired when its op applies.
+        let out = s
+            .apply(
+                Op::ExpireLeases {
+                    lease_ids: vec!["La".into(), "Lb".into()],
+                },
+                180,
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            Outcome::LeasesExpired {
+                lease_ids: Vec::new()
+            }
+        );
+        assert_eq!(s.leases().len(), 1);
+        s.apply(
+            Op::ExpireLeases {
+                lease_ids: s.leases().expired(300),
+            },
+            300,
+        )
+        .unwrap();
+        assert!(s.leases().is_empty());
+        assert_eq!(
+            s.apply(announce("b", meta("doc", 2, "x"), Some("Lb")), 300),
+            Err(StateError::Lease(LeaseError::Unknown))
+        );
+    }
+
+    #[test]
+    fn a_lease_is_for_one_file_and_goes_with_its_peer() {
+        let mut s = IndexState::default();
+        s.apply(
+            register("a", vec![meta("one", 1, "1"), meta("two", 1, "2")]),
+            0,
+        )
+        .unwrap();
+        s.apply(lease("a", "one", "L1", 1_000), 0).unwrap();
+        assert_eq!(
+            s.apply(announce("a", meta("two", 2, "x"), Some("L1")), 1),
+            Err(StateError::Lease(LeaseError::OtherFile {
+                leased: "one".into()
+            }))
+        );
+        s.apply(
+            Op::Prune {
+                peers: vec!["a".into()],
+            },
+            2,
+        )
+        .unwrap();
+        assert!(
+            s.leases().is_empty(),
+            "a pruned peer's lease frees its file"
+        );
+    }
+
+    #[test]
+    fn interleaved_publishers_never_lose_or_duplicate_a_version() {
+        let mut seed = 7u64;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let peers: Vec<String> = (0..20).map(|i| format!("p{i}")).collect();
+        let mut s = IndexState::default();
+        s.apply(register("p0", vec![meta("f", 1, "0")]), 0).unwrap();
+        for p in &peers[1..] {
+            s.apply(register(p, vec![]), 0).unwrap();
+        }
+        // Each peer: take the lease, then later publish what it believes is the next version.
+        let mut plans: Vec<Option<(String, u64)>> = vec![None; peers.len()];
+        let mut published = Vec::new();
+        for step in 1..4_000u64 {
+            let i = next(peers.len() as u64) as usize;
+            let id = &peers[i];
+            match plans[i].take() {
+                None => {
+                    let lease_id = format!("L{step}");
+                    if let Ok(Outcome::Leased { lease, latest }) =
+                        s.apply(lease(id, "f", &lease_id, 50), step)
+                    {
+                        plans[i] = Some((lease.lease_id, latest.version + 1));
+                    }
+                }
+                Some((lease_id, version)) => {
+                    let content = format!("{id}@{step}");
+                    let file = meta("f", version, &content);
+                    if s.apply(announce(id, file.clone(), Some(&lease_id)), step)
+                        .is_ok()
+                    {
+                        published.push(file);
+                    }
+                }
+            }
+            if step % 97 == 0 {
+                let expired = s.leases().expired(step);
+                s.apply(Op::ExpireLeases { lease_ids: expired }, step)
+                    .unwrap();
+            }
+        }
+        assert!(published.len() > 50, "only {} publishes", published.len());
+        let entry = s.file("f").unwrap();
+        assert_eq!(entry.latest_version(), published.len() as u64 + 1);
+        let versions: Vec<u64> = entry.versions.keys().copied().collect();
+        assert_eq!(
+            versions,
+            (1..=published.len() as u64 + 1).collect::<Vec<_>>()
+        );
+        for file in &published {
+            assert_eq!(entry.versions[&file.version].sha256, file.sha256);
+        }
+    }
+
     /// Everything derived must agree with what it is derived from.
     fn check_invariants(s: &IndexState) {
         let held = s.files.values().filter(|f| !f.holders.is_empty()).count();
@@ -740,6 +1154,11 @@ mod tests {
             for token in tokenize(name) {
                 assert!(s.tokens[&token].contains(name));
             }
+        }
+        for (file, lease) in s.leases().canonical() {
+            assert_eq!(file, lease.file);
+            assert!(s.files.contains_key(file), "lease on unknown {file}");
+            assert!(s.peers.contains_key(&lease.peer_id), "lease of a peer gone");
         }
     }
 
@@ -760,21 +1179,26 @@ mod tests {
             let id = peers[next(4) as usize];
             let name = names[next(4) as usize];
             let file = meta(name, 1 + next(3), &format!("{name}{}", next(2)));
-            let op = match next(6) {
+            let op = match next(9) {
                 0 => register(id, vec![file]),
                 1 => heartbeat(id, vec![file], vec![]),
                 2 => heartbeat(id, vec![], vec![name]),
-                3 => Op::Announce {
+                3 => announce(id, file, Some(&format!("L{}", next(4)))),
+                6 => lease(id, name, &format!("L{}", next(4)), next(20)),
+                7 => Op::ReleaseLease {
                     peer_id: id.into(),
                     token_hash: hash_token(&format!("tok-{id}")),
-                    file,
+                    lease_id: format!("L{}", next(4)),
                 },
                 4 => Op::Unregister {
                     peer_id: id.into(),
                     token_hash: hash_token(&format!("tok-{id}")),
                 },
-                _ => Op::Prune {
+                5 => Op::Prune {
                     peers: s.silent_peers(step, next(50)),
+                },
+                _ => Op::ExpireLeases {
+                    lease_ids: s.leases().expired(step),
                 },
             };
             let before = s.seq();
@@ -795,7 +1219,9 @@ mod tests {
                 1,
             ),
             (register("b", vec![meta("x", 1, "1")]), 2),
-            (heartbeat("a", vec![meta("x", 2, "3")], vec!["y z"]), 3),
+            (lease("a", "x", "L1", 10), 3),
+            (announce("a", meta("x", 2, "3"), Some("L1")), 3),
+            (heartbeat("a", vec![], vec!["y z"]), 3),
             (
                 Op::Prune {
                     peers: vec!["b".into()],
@@ -815,6 +1241,6 @@ mod tests {
         }
         assert_eq!(one.digest(), two.digest());
         digests.dedup();
-        assert_eq!(digests.len(), 4, "every op changes the digest");
+        assert_eq!(digests.len(), 6, "every op changes the digest");
     }
 }

@@ -125,7 +125,7 @@ pub fn run_tasks(peer: &Peer, queue: &Receiver<Task>) {
                     want.name,
                     want.version
                 );
-                if let Err(e) = peer.announce(&want) {
+                if let Err(e) = peer.announce(&want, None) {
                     log::warn!("task {}: announce failed: {e}", task.task_id);
                 }
             }

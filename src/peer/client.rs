@@ -13,8 +13,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::protocol::{
-    self, AnnounceRequest, AnnounceResponse, ErrorBody, HeartbeatRequest, HeartbeatResponse,
-    RegisterRequest, RegisterResponse, SearchResponse, StatusResponse, UnregisterRequest,
+    self, AnnounceRequest, AnnounceResponse, ErrorBody, FileInfoResponse, HeartbeatRequest,
+    HeartbeatResponse, LeaseIdRequest, LeaseRequest, LeaseResponse, RegisterRequest,
+    RegisterResponse, ReleaseResponse, SearchResponse, StatusResponse, UnregisterRequest,
 };
 
 /// Largest JSON answer read from the index.
@@ -114,6 +115,28 @@ impl IndexClient {
         self.post(protocol::PATH_UNREGISTER, rq)
     }
 
+    pub fn lease(&self, rq: &LeaseRequest) -> Result<LeaseResponse, ClientError> {
+        self.post(protocol::PATH_LEASE, rq)
+    }
+
+    pub fn renew_lease(&self, rq: &LeaseIdRequest) -> Result<LeaseResponse, ClientError> {
+        self.post(protocol::PATH_LEASE_RENEW, rq)
+    }
+
+    pub fn release_lease(&self, rq: &LeaseIdRequest) -> Result<ReleaseResponse, ClientError> {
+        self.post(protocol::PATH_LEASE_RELEASE, rq)
+    }
+
+    /// One file's history, holders and lease.
+    pub fn file_info(&self, name: &str) -> Result<FileInfoResponse, ClientError> {
+        let path = format!(
+            "{}?name={}",
+            protocol::PATH_FILE,
+            protocol::url_encode(name)
+        );
+        self.call(&path, None::<&()>)
+    }
+
     pub fn search(&self, text: &str, limit: usize) -> Result<SearchResponse, ClientError> {
         let path = format!(
             "{}?q={}&limit={limit}",
@@ -178,9 +201,13 @@ impl IndexClient {
                 continue;
             }
             if status >= 400 {
-                let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
-                    error: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
-                    reregister: false,
+                let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                    ErrorBody::new(
+                        String::from_utf8_lossy(&bytes)
+                            .chars()
+                            .take(200)
+                            .collect::<String>(),
+                    )
                 });
                 return Err(ClientError::Api { status, body });
             }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::files::{hash_into, LocalStore};
+use super::files::{hash_into, LocalChanges, LocalStore};
 use crate::protocol::{self, FileMeta};
 
 /// Called with (bytes so far, total) while a download runs.
@@ -77,8 +77,8 @@ impl Downloader {
         for source in sources {
             match self.fetch_from(source, want, &partial, progress) {
                 Ok(()) => {
-                    return match store.install(&partial, want) {
-                        Ok(()) => Ok(source.clone()),
+                    return match store.install(&partial, want, LocalChanges::Refuse) {
+                        Ok(_) => Ok(source.clone()),
                         Err(e) => {
                             let _ = fs::remove_file(&partial);
                             Err(DownloadError::Install(e))

@@ -3,7 +3,9 @@
 //! The catalog lives in `DIR/.nap/files.json` so a file is hashed once and keeps its version
 //! across restarts; a rescan rehashes only files whose size or modification time changed and
 //! gives a changed file the next version. Downloads land in `DIR/.nap/partial/` and are moved
-//! into place only after verification. Nothing here talks to the network.
+//! into place only after verification; `update` edits a working copy in `DIR/.nap/edit/`, and
+//! what must not be lost but cannot be published is kept in `DIR/.nap/unpublished/`. Nothing
+//! here talks to the network.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -21,6 +23,17 @@ const NAP_DIR: &str = ".nap";
 const CATALOG: &str = "files.json";
 const IDENTITY: &str = "identity.json";
 const PARTIAL: &str = "partial";
+const EDIT: &str = "edit";
+const UNPUBLISHED: &str = "unpublished";
+
+/// What `install` does when the local copy it would replace changed since the last scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalChanges {
+    /// Leave everything as it is and fail: a download must never eat a local edit.
+    Refuse,
+    /// Move the local copy to `unpublished/` first: the new version is ours and must land.
+    SetAside,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Entry {
@@ -105,7 +118,9 @@ impl LocalStore {
         fs::create_dir_all(dir)?;
         let dir = dir.canonicalize()?;
         let nap_dir = dir.join(NAP_DIR);
-        fs::create_dir_all(nap_dir.join(PARTIAL))?;
+        for sub in [PARTIAL, EDIT, UNPUBLISHED] {
+            fs::create_dir_all(nap_dir.join(sub))?;
+        }
         let catalog = match fs::read(nap_dir.join(CATALOG)) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
                 log::warn!(
@@ -244,9 +259,52 @@ impl LocalStore {
         Some(self.nap_dir.join(PARTIAL).join(sha256))
     }
 
-    /// Moves a verified download into place and records it. Refuses to replace a local copy
-    /// at the same or a newer version.
-    pub fn install(&self, partial: &Path, meta: &FileMeta) -> io::Result<()> {
+    /// Where `update` keeps its working copy of `name`.
+    pub fn edit_path(&self, name: &str) -> Option<PathBuf> {
+        protocol::validate_file_name(name).ok()?;
+        Some(self.nap_dir.join(EDIT).join(name))
+    }
+
+    /// Moves `path` to `unpublished/` under a name that says what it was and when; returns
+    /// where it went. For content the index would not take, so that it is never lost.
+    pub fn set_aside(&self, path: &Path, name: &str) -> io::Result<PathBuf> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let dir = self.nap_dir.join(UNPUBLISHED);
+        let mut target = dir.join(format!("{name}.{stamp}"));
+        let mut n = 1;
+        while target.exists() {
+            target = dir.join(format!("{name}.{stamp}-{n}"));
+            n += 1;
+        }
+        fs::rename(path, &target)?;
+        Ok(target)
+    }
+
+    /// Whether the file on disk under `name` is what the catalog says (or absent from both):
+    /// same size and modification time as when it was hashed.
+    fn unchanged_since_scan(&self, name: &str, path: &Path) -> io::Result<bool> {
+        match fs::symlink_metadata(path) {
+            Ok(on_disk) => Ok(self
+                .catalog()
+                .get(name)
+                .is_some_and(|e| e.size == on_disk.len() && e.mtime_ns == mtime_ns(&on_disk))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves a verified file into place and records it. Refuses to replace a local copy at
+    /// the same or a newer version; a local copy changed since the last scan (or never
+    /// scanned) is refused or set aside as `local_changes` says. Returns where a set-aside
+    /// copy went.
+    pub fn install(
+        &self,
+        partial: &Path,
+        meta: &FileMeta,
+        local_changes: LocalChanges,
+    ) -> io::Result<Option<PathBuf>> {
         let _scan = self.scan_lock.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(local) = self.get(&meta.name) {
             if local.version >= meta.version {
@@ -262,6 +320,21 @@ impl LocalStore {
         let target = self
             .path_of(&meta.name)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad file name"))?;
+        let mut set_aside = None;
+        if !self.unchanged_since_scan(&meta.name, &target)? {
+            match local_changes {
+                LocalChanges::Refuse => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!(
+                            "the local {} has changes not yet scanned; not replacing it",
+                            meta.name
+                        ),
+                    ))
+                }
+                LocalChanges::SetAside => set_aside = Some(self.set_aside(&target, &meta.name)?),
+            }
+        }
         fs::rename(partial, &target)?;
         File::open(&self.dir)?.sync_all()?;
         let on_disk = fs::symlink_metadata(&target)?;
@@ -274,7 +347,8 @@ impl LocalStore {
                 mtime_ns: mtime_ns(&on_disk),
             },
         );
-        self.save_catalog()
+        self.save_catalog()?;
+        Ok(set_aside)
     }
 
     fn save_catalog(&self) -> io::Result<()> {
@@ -385,11 +459,53 @@ mod tests {
             size: 3,
             sha256: "a".repeat(64),
         };
-        assert!(store.install(&partial, &meta).is_err());
+        assert!(store
+            .install(&partial, &meta, LocalChanges::Refuse)
+            .is_err());
         assert_eq!(
             fs::read_to_string(tmp.path().join("doc")).unwrap(),
             "v3 content"
         );
+    }
+
+    #[test]
+    fn install_never_eats_a_local_edit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let doc = tmp.path().join("doc");
+        fs::write(&doc, "v1").unwrap();
+        let store = LocalStore::open(tmp.path()).unwrap();
+        store.rescan().unwrap();
+        // Edited after the scan: a download of v2 must not replace it...
+        fs::write(&doc, "my edit").unwrap();
+        set_mtime(&doc, 1_000);
+        let partial = store.partial_path(&"b".repeat(64)).unwrap();
+        fs::write(&partial, "v2").unwrap();
+        let meta = FileMeta {
+            name: "doc".into(),
+            version: 2,
+            size: 2,
+            sha256: "b".repeat(64),
+        };
+        assert!(store
+            .install(&partial, &meta, LocalChanges::Refuse)
+            .is_err());
+        assert_eq!(fs::read_to_string(&doc).unwrap(), "my edit");
+        // ...nor may one land on a file that was never scanned.
+        fs::write(tmp.path().join("new"), "mine").unwrap();
+        let new = FileMeta {
+            name: "new".into(),
+            ..meta.clone()
+        };
+        assert!(store.install(&partial, &new, LocalChanges::Refuse).is_err());
+        assert_eq!(fs::read_to_string(tmp.path().join("new")).unwrap(), "mine");
+        // Setting it aside keeps it, under unpublished/.
+        let kept = store
+            .install(&partial, &meta, LocalChanges::SetAside)
+            .unwrap()
+            .unwrap();
+        assert_eq!(fs::read_to_string(&kept).unwrap(), "my edit");
+        assert_eq!(fs::read_to_string(&doc).unwrap(), "v2");
+        assert_eq!(store.get("doc").unwrap().version, 2);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod client;
 pub mod download;
+pub mod edit;
 pub mod files;
 pub mod server;
 pub mod shell;
@@ -154,6 +155,11 @@ impl Peer {
         self.needs_register.load(Ordering::Relaxed)
     }
 
+    /// Makes the agent register the whole file list on its next round.
+    fn request_register(&self) {
+        self.needs_register.store(true, Ordering::Relaxed);
+    }
+
     pub fn take_notices(&self) -> Vec<String> {
         std::mem::take(&mut *self.notices.lock().unwrap_or_else(|e| e.into_inner()))
     }
@@ -211,7 +217,7 @@ impl Peer {
         let response = match self.index.register(&rq) {
             Ok(r) => r,
             Err(e) => {
-                self.needs_register.store(true, Ordering::Relaxed);
+                self.request_register();
                 if matches!(e, ClientError::Api { status: 401, .. }) && identity.is_some() {
                     // Another peer holds our id (a copied folder?): ask for a new identity.
                     log::warn!("the index refuses our identity ({e}); asking for a new one");
@@ -241,7 +247,7 @@ impl Peer {
     /// report may have been lost, the next agent round registers the whole list instead.
     pub fn heartbeat(&self) -> Result<HeartbeatResponse, ClientError> {
         let Some(id) = self.identity() else {
-            self.needs_register.store(true, Ordering::Relaxed);
+            self.request_register();
             return Err(ClientError::Unavailable(vec!["not registered yet".into()]));
         };
         let changes = self.take_pending();
@@ -259,7 +265,7 @@ impl Peer {
             }
             Err(e) => {
                 if had_changes || e.needs_register() {
-                    self.needs_register.store(true, Ordering::Relaxed);
+                    self.request_register();
                 }
                 Err(e)
             }
@@ -272,9 +278,14 @@ impl Peer {
         self.heartbeat().map(|_| ()).map_err(|e| e.to_string())
     }
 
-    pub fn announce(&self, meta: &FileMeta) -> Result<AnnounceResponse, ClientError> {
+    /// Tells the index we hold `meta`. Publishing a new version takes the file's `lease_id`.
+    pub fn announce(
+        &self,
+        meta: &FileMeta,
+        lease_id: Option<&str>,
+    ) -> Result<AnnounceResponse, ClientError> {
         let Some(id) = self.identity() else {
-            self.needs_register.store(true, Ordering::Relaxed);
+            self.request_register();
             return Err(ClientError::Unavailable(vec!["not registered yet".into()]));
         };
         let rq = AnnounceRequest {
@@ -284,11 +295,11 @@ impl Peer {
             version: meta.version,
             size: meta.size,
             sha256: meta.sha256.clone(),
-            lease_id: None,
+            lease_id: lease_id.map(String::from),
         };
         self.index.announce(&rq).inspect_err(|_| {
             // Whatever the index missed, a full register tells it again.
-            self.needs_register.store(true, Ordering::Relaxed);
+            self.request_register();
         })
     }
 
@@ -328,7 +339,7 @@ impl Peer {
             .downloader
             .fetch(&self.store, &want, &sources, progress)
             .map_err(GetError::Download)?;
-        let announce_error = self.announce(&want).err().map(|e| e.to_string());
+        let announce_error = self.announce(&want, None).err().map(|e| e.to_string());
         Ok(Fetched {
             meta: want,
             source,

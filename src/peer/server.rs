@@ -22,11 +22,7 @@ fn header(name: &str, value: &str) -> Option<Header> {
 }
 
 fn error(request: Request, status: u16, message: &str) {
-    let body = serde_json::to_string(&ErrorBody {
-        error: message.to_string(),
-        reregister: false,
-    })
-    .unwrap_or_default();
+    let body = serde_json::to_string(&ErrorBody::new(message)).unwrap_or_default();
     let mut response = Response::from_string(body).with_status_code(status);
     if let Some(h) = header("Content-Type", "application/json") {
         response.add_header(h);

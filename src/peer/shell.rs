@@ -3,8 +3,10 @@
 //! it only parses lines and prints answers, the work is done by [`Peer`].
 
 use std::io::{self, BufRead, IsTerminal, Write};
+use std::path::Path;
 use std::process::Command;
 
+use super::edit::EditOutcome;
 use super::{GetError, Peer};
 use crate::protocol::{validate_file_name, Holder, SearchResult};
 
@@ -13,7 +15,8 @@ commands:
   list             files shared from this peer
   search TEXT      find files on the index (exact name first, then keywords)
   get NAME         download NAME from a peer that holds it, verified
-  update NAME      edit NAME in $VISUAL/$EDITOR and publish the next version
+  update NAME      take NAME's write lease, edit it in $VISUAL/$EDITOR, publish
+                   the next version (or release the lease if nothing changed)
   status           this peer and the index it talks to
   help             this text
   quit             leave the index and exit";
@@ -142,11 +145,12 @@ fn search(peer: &Peer, text: &str, out: &mut impl Write) -> io::Result<()> {
 }
 
 /// Downloads `name` and reports how it went. Returns whether the file is now here.
-fn fetch(peer: &Peer, name: &str, out: &mut impl Write) -> io::Result<bool> {
+/// A download progress line for large files. It goes to stderr, and only to a terminal: a
+/// script reading the output sees results only.
+fn progress_bar() -> impl FnMut(u64, u64) {
     let mut shown = 0u64;
-    // Progress goes to stderr, and only to a terminal: a script reading output sees results.
     let show = io::stderr().is_terminal();
-    let mut progress = |done: u64, total: u64| {
+    move |done: u64, total: u64| {
         if show && total >= PROGRESS_FROM && (done - shown >= total / 50 || done == total) {
             shown = done;
             eprint!(
@@ -159,7 +163,11 @@ fn fetch(peer: &Peer, name: &str, out: &mut impl Write) -> io::Result<bool> {
                 eprintln!();
             }
         }
-    };
+    }
+}
+
+fn fetch(peer: &Peer, name: &str, out: &mut impl Write) -> io::Result<bool> {
+    let mut progress = progress_bar();
     match peer.get(name, &mut progress) {
         Ok(fetched) => {
             writeln!(
@@ -210,52 +218,60 @@ fn get(peer: &Peer, arg: &str, out: &mut impl Write) -> io::Result<()> {
     Ok(())
 }
 
-/// Opens the local copy in the user's editor (fetching it first if we do not hold it), then
-/// publishes the next version if the content changed.
+/// Publishes the next version of `name`: takes its lease, opens a working copy in the user's
+/// editor (fetching the latest version first if needed), and publishes what comes back.
 fn update(peer: &Peer, arg: &str, out: &mut impl Write) -> io::Result<()> {
     let Some(name) = checked_name(arg, "update NAME", out)? else {
         return Ok(());
-    };
-    if peer.store.get(name).is_none() && !fetch(peer, name, out)? {
-        return Ok(());
-    }
-    let Some(before) = peer.store.get(name) else {
-        return writeln!(out, "{name} is not here");
-    };
-    let Some(path) = peer.store.path_of(name) else {
-        return writeln!(out, "{name} is not a valid file name");
     };
     let editor = ["VISUAL", "EDITOR"]
         .iter()
         .filter_map(|var| std::env::var(var).ok())
         .find(|e| !e.trim().is_empty())
         .unwrap_or_else(|| "vi".into());
-    out.flush()?;
-    // Through the shell, so EDITOR may carry arguments ("code --wait").
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!("{editor} \"$1\""))
-        .arg("sh")
-        .arg(&path)
-        .status();
-    match status {
-        Ok(s) if s.success() => {}
-        Ok(s) => return writeln!(out, "the editor exited with {s}; nothing published"),
-        Err(e) => return writeln!(out, "could not start the editor {editor:?}: {e}"),
-    }
-    match peer.sync_now() {
-        Ok(()) => match peer.store.get(name) {
-            Some(after) if after.version > before.version => writeln!(
-                out,
-                "Published {name} v{} ({}, sha256 {})",
-                after.version,
-                human(after.size),
-                &after.sha256[..12]
-            ),
-            Some(_) => writeln!(out, "{name} is unchanged; nothing published"),
-            None => writeln!(out, "{name} was removed"),
-        },
-        Err(e) => writeln!(out, "could not publish the change: {e}"),
+    let mut run_editor = |path: &Path| -> Result<(), String> {
+        // Through the shell, so EDITOR may carry arguments ("code --wait").
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{editor} \"$1\""))
+            .arg("sh")
+            .arg(path)
+            .status();
+        match status {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(format!("the editor exited with {s}")),
+            Err(e) => Err(format!("could not start the editor {editor:?}: {e}")),
+        }
+    };
+    let mut progress = progress_bar();
+    let outcome = {
+        let mut say = |line: String| {
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        };
+        peer.edit(name, &mut say, &mut progress, &mut run_editor)
+    };
+    match outcome {
+        Ok(EditOutcome::Published { meta }) => writeln!(
+            out,
+            "Published {name} v{} ({}, sha256 {})",
+            meta.version,
+            human(meta.size),
+            &meta.sha256[..12]
+        ),
+        Ok(EditOutcome::Unchanged { version }) => writeln!(
+            out,
+            "{name} is unchanged (still v{version}); lease released, nothing published"
+        ),
+        Ok(EditOutcome::Abandoned { why }) => {
+            writeln!(out, "{why}; nothing published, lease released")
+        }
+        Ok(EditOutcome::NotPublished { why, kept }) => writeln!(
+            out,
+            "{name} was NOT published: {why}\n  your edit is kept at {}",
+            kept.display()
+        ),
+        Err(e) => writeln!(out, "update {name}: {e}"),
     }
 }
 

@@ -1,0 +1,326 @@
+//! Publishing the next version of a file (`update`): take the file's write lease, bring the
+//! local copy to the version the lease is for, let the user edit a working copy while a
+//! thread keeps the lease alive, then publish the result with the lease, or give the lease
+//! back when nothing changed.
+//!
+//! The working copy lives in `DIR/.nap/edit/`, so the scanner never sees a half-edited file and
+//! the shared copy stays the published version until the index has accepted the next one. An
+//! edit that cannot be published (lease lost, index unreachable, refused) is never lost: it is
+//! moved to `DIR/.nap/unpublished/` and the user is told where.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use super::client::ClientError;
+use super::download::Progress;
+use super::files::{sha256_of, LocalChanges};
+use super::{GetError, Peer};
+use crate::protocol::{FileMeta, LeaseIdRequest, LeaseRequest};
+
+/// Attempts at publishing when no index answers, and the pause between them.
+const PUBLISH_TRIES: u32 = 3;
+const PUBLISH_PAUSE: Duration = Duration::from_millis(500);
+
+/// How an edit ended.
+#[derive(Debug)]
+pub enum EditOutcome {
+    /// The content did not change: the lease was given back, nothing published.
+    Unchanged { version: u64 },
+    /// The index accepted the new version and it is in the shared folder.
+    Published { meta: FileMeta },
+    /// The editor failed: nothing published, the lease given back, the working copy dropped.
+    Abandoned { why: String },
+    /// The new content could not be published; it is kept at `kept`.
+    NotPublished { why: String, kept: PathBuf },
+}
+
+/// Why an edit could not start; no lease is held afterwards.
+#[derive(Debug)]
+pub enum EditError {
+    NotRegistered,
+    /// Another peer is editing the file.
+    Busy {
+        holder: String,
+        remaining_ms: u64,
+    },
+    /// No version of the file is on the index.
+    NotFound(String),
+    Index(ClientError),
+    Fetch(GetError),
+    Io(io::Error),
+}
+
+impl std::fmt::Display for EditError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EditError::NotRegistered => {
+                f.write_str("this peer is not registered with the index yet")
+            }
+            EditError::Busy {
+                holder,
+                remaining_ms,
+            } => write!(
+                f,
+                "peer {holder} is editing it (its lease runs another {:.0} s unless renewed)",
+                (*remaining_ms as f64 / 1000.0).ceil()
+            ),
+            EditError::NotFound(name) => write!(
+                f,
+                "{name} is not on the index; to share a new file, put it in the shared folder"
+            ),
+            EditError::Index(e) => write!(f, "{e}"),
+            EditError::Fetch(e) => write!(f, "could not fetch the latest version: {e}"),
+            EditError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<io::Error> for EditError {
+    fn from(e: io::Error) -> Self {
+        EditError::Io(e)
+    }
+}
+
+/// A held lease that is given back when dropped, unless it was spent by a publish.
+struct HeldLease<'p> {
+    peer: &'p Peer,
+    request: LeaseIdRequest,
+    spent: bool,
+}
+
+impl Drop for HeldLease<'_> {
+    fn drop(&mut self) {
+        if self.spent {
+            return;
+        }
+        if let Err(e) = self.peer.index.release_lease(&self.request) {
+            log::info!("could not release the lease: {e}");
+        }
+    }
+}
+
+impl Peer {
+    /// Edits `name` under its write lease: `editor` is called with the working copy while a
+    /// background thread renews the lease. `say` hears what happens along the way (a fetch,
+    /// a local copy moved aside, the editor about to open).
+    pub fn edit(
+        &self,
+        name: &str,
+        say: &mut dyn FnMut(String),
+        progress: Progress<'_>,
+        editor: &mut dyn FnMut(&Path) -> Result<(), String>,
+    ) -> Result<EditOutcome, EditError> {
+        let id = self.identity().ok_or(EditError::NotRegistered)?;
+        let work = self
+            .store
+            .edit_path(name)
+            .ok_or_else(|| EditError::NotFound(name.to_string()))?;
+        self.rescan()?;
+        let lease = match self.index.lease(&LeaseRequest {
+            peer_id: id.peer_id.clone(),
+            token: id.token.clone(),
+            file: name.to_string(),
+        }) {
+            Ok(lease) => lease,
+            Err(ClientError::Api { status: 409, body }) if body.holder.is_some() => {
+                return Err(EditError::Busy {
+                    holder: body.holder.unwrap_or_default(),
+                    remaining_ms: body.remaining_ms.unwrap_or(0),
+                })
+            }
+            Err(ClientError::Api { status: 404, body }) if !body.reregister => {
+                return Err(EditError::NotFound(name.to_string()))
+            }
+            Err(e) => {
+                if e.needs_register() {
+                    self.request_register();
+                }
+                return Err(EditError::Index(e));
+            }
+        };
+        let mut held = HeldLease {
+            peer: self,
+            request: LeaseIdRequest {
+                peer_id: id.peer_id.clone(),
+                token: id.token.clone(),
+                lease_id: lease.lease_id.clone(),
+            },
+            spent: false,
+        };
+        let base = FileMeta {
+            name: name.to_string(),
+            version: lease.version,
+            size: lease.size,
+            sha256: lease.sha256.clone(),
+        };
+        self.bring_to(&base, say, progress)?;
+
+        // The working copy starts as the base version; opened the checked way (no symlinks).
+        let (mut source, _) = self.store.open_file(name)?;
+        io::copy(&mut source, &mut File::create(&work)?)?;
+        let ttl = Duration::from_millis(lease.ttl_ms);
+        say(format!(
+            "Editing {name} v{} (leased for {} s, renewed while the editor is open)",
+            base.version,
+            ttl.as_secs()
+        ));
+
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let (edited, lost) = std::thread::scope(|scope| {
+            let renewer = scope.spawn(|| self.keep_renewing(&held.request, ttl, &stopped));
+            let edited = editor(&work);
+            drop(stop);
+            let lost = renewer
+                .join()
+                .unwrap_or_else(|_| Some("the lease renewer failed".into()));
+            (edited, lost)
+        });
+
+        if let Err(why) = edited {
+            let _ = fs::remove_file(&work);
+            return Ok(EditOutcome::Abandoned { why });
+        }
+        let (size, sha256) = (fs::metadata(&work)?.len(), sha256_of(File::open(&work)?)?);
+        if sha256 == base.sha256 {
+            fs::remove_file(&work)?;
+            return Ok(EditOutcome::Unchanged {
+                version: base.version,
+            });
+        }
+        if let Some(why) = lost {
+            let kept = self.store.set_aside(&work, name)?;
+            return Ok(EditOutcome::NotPublished { why, kept });
+        }
+        let meta = FileMeta {
+            name: name.to_string(),
+            version: base.version + 1,
+            size,
+            sha256,
+        };
+        if let Err(e) = self.publish(&meta, &held.request.lease_id) {
+            let kept = self.store.set_aside(&work, name)?;
+            return Ok(EditOutcome::NotPublished {
+                why: e.to_string(),
+                kept,
+            });
+        }
+        held.spent = true;
+        match self.store.install(&work, &meta, LocalChanges::SetAside) {
+            Ok(Some(aside)) => say(format!(
+                "{name} changed in the shared folder during the edit; that copy is kept at {}",
+                aside.display()
+            )),
+            Ok(None) => {}
+            Err(e) => {
+                // Published, but not in place here: keep the bytes, and say so.
+                let kept = self.store.set_aside(&work, name)?;
+                return Ok(EditOutcome::NotPublished {
+                    why: format!(
+                        "the index has v{} but it could not be saved here: {e}",
+                        meta.version
+                    ),
+                    kept,
+                });
+            }
+        }
+        Ok(EditOutcome::Published { meta })
+    }
+
+    /// Makes the shared copy of `base.name` exactly `base`: fetches it when missing or older,
+    /// and moves a local copy the index does not know (edited outside `update`) aside first.
+    fn bring_to(
+        &self,
+        base: &FileMeta,
+        say: &mut dyn FnMut(String),
+        progress: Progress<'_>,
+    ) -> Result<(), EditError> {
+        let name = &base.name;
+        match self.store.get(name) {
+            Some(local) if local == *base => return Ok(()),
+            Some(local) if local.version >= base.version => {
+                let path = self
+                    .store
+                    .path_of(name)
+                    .ok_or_else(|| EditError::NotFound(name.clone()))?;
+                let kept = self.store.set_aside(&path, name)?;
+                self.rescan()?;
+                say(format!(
+                    "your copy of {name} (v{}) has changes the index does not know; \
+                     it is kept at {} and the edit starts from the index's v{}",
+                    local.version,
+                    kept.display(),
+                    base.version
+                ));
+            }
+            _ => {}
+        }
+        let fetched = self.get(name, progress).map_err(EditError::Fetch)?;
+        say(format!(
+            "Fetched {name} v{} from {}, sha256 verified",
+            fetched.meta.version, fetched.source
+        ));
+        if self.store.get(name).as_ref() != Some(base) {
+            return Err(EditError::Fetch(GetError::NotFound(format!(
+                "{name} v{}",
+                base.version
+            ))));
+        }
+        Ok(())
+    }
+
+    /// Renews the lease every third of its TTL until `stop` closes. Returns why the lease was
+    /// lost, if it was: the index refused a renewal, or no renewal got through before the
+    /// lease would have run out.
+    fn keep_renewing(
+        &self,
+        lease: &LeaseIdRequest,
+        ttl: Duration,
+        stop: &Receiver<()>,
+    ) -> Option<String> {
+        let every = (ttl / 3).max(Duration::from_millis(50));
+        let mut valid_until = Instant::now() + ttl;
+        loop {
+            match stop.recv_timeout(every) {
+                Err(RecvTimeoutError::Timeout) => {}
+                _ => return None,
+            }
+            let sent = Instant::now();
+            match self.index.renew_lease(lease) {
+                Ok(renewed) => valid_until = sent + Duration::from_millis(renewed.ttl_ms),
+                Err(e @ ClientError::Api { .. }) => {
+                    return Some(format!("the index ended the lease: {e}"))
+                }
+                Err(e) => {
+                    log::warn!("could not renew the lease on {}: {e}", lease.lease_id);
+                    if Instant::now() >= valid_until {
+                        return Some(format!(
+                            "the lease ran out while no index could be reached ({e})"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Announces the new version with the lease, retrying a little when no index answers.
+    /// A retry after an announce that did land is harmless: the version then exists with
+    /// this content, which the index accepts from its holder without a lease.
+    fn publish(&self, meta: &FileMeta, lease_id: &str) -> Result<(), ClientError> {
+        let mut attempt = 1;
+        loop {
+            match self.announce(meta, Some(lease_id)) {
+                Ok(_) => return Ok(()),
+                Err(e @ ClientError::Unavailable(_)) if attempt < PUBLISH_TRIES => {
+                    log::warn!("publishing {} v{}: {e}; retrying", meta.name, meta.version);
+                    std::thread::sleep(PUBLISH_PAUSE);
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
