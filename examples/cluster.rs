@@ -73,7 +73,8 @@ fn main() -> io::Result<()> {
     let mut out = io::stdout();
     if io::stdin().is_terminal() {
         println!(
-            "\nYou are the third peer. Try: search welcome, get demo song.mp3, list, help, quit"
+            "\nYou are the third peer. Try: search welcome, get demo song.mp3, update welcome.txt, \
+             list, help, quit"
         );
         shell::run(me, io::stdin().lock(), &mut out)?;
     } else {
@@ -84,8 +85,31 @@ fn main() -> io::Result<()> {
             "get demo song.mp3",
             "get welcome.txt",
             "list",
-            "status",
         ] {
+            println!("nap> {command}");
+            shell::run(me, command.as_bytes(), &mut out)?;
+        }
+        // `update` opens $EDITOR; with no one at the keyboard the tour's "editor" appends a
+        // line to the working copy instead.
+        println!("nap> update welcome.txt    (the tour's editor adds a line)");
+        shell::update_with(me, "welcome.txt", &mut out, &mut |path| {
+            let mut f = fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .map_err(|e| e.to_string())?;
+            f.write_all(b"Edited under a write lease: one writer at a time.\n")
+                .map_err(|e| e.to_string())
+        })?;
+        // alice and bob now hold a stale v1; their next heartbeat tells them to fetch v2.
+        let caught_up = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < caught_up
+            && [&alice, &bob].iter().any(|dir| {
+                fs::read(dir.join("welcome.txt")).ok() != fs::read(you.join("welcome.txt")).ok()
+            })
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for command in ["search welcome", "status"] {
             println!("nap> {command}");
             shell::run(me, command.as_bytes(), &mut out)?;
         }

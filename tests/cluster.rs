@@ -80,19 +80,13 @@ fn shell_driven_by_a_pipe_runs_to_the_end() {
     fs::write(a.path().join("notes.md"), b"# notes").unwrap();
     let _pa = start_peer(a.path(), &index.url, true, &[]);
     let script = "search notes\nget notes.md\nlist\nget ../../etc/passwd\nbogus\n";
-    let out = std::process::Command::new(peer_bin())
-        .args(["serve", "--dir", b.path().to_str().unwrap()])
-        .args(["--listen", "127.0.0.1:0", "--index", &index.url])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            child.stdin.take().unwrap().write_all(script.as_bytes())?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
+    let mut pb = start_peer(b.path(), &index.url, false, &[]);
+    pb.proc.send(script.trim_end());
+    pb.proc.close_stdin();
+    // At the end of its input the shell exits by itself, cleanly (wait_exit has a deadline).
+    assert!(pb.proc.wait_exit().success());
+    pb.proc.wait_stdout("unknown command");
+    let text = pb.proc.stdout_lines().join("\n");
     assert!(text.contains("Found 1 match: notes.md (v1"), "{text}");
     assert!(text.contains("Downloaded notes.md v1"), "{text}");
     assert!(text.contains("1 file(s) in"), "{text}");

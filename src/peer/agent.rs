@@ -2,6 +2,8 @@
 //! sets with the file-list changes the scanner queued, registers again whenever the index may
 //! have lost track of us, and hands the copy tasks the index sends to the task worker.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
@@ -10,13 +12,67 @@ use super::Peer;
 use crate::protocol::{FileMeta, Task};
 
 /// Tasks waiting for the worker; beyond this the index hands them out again later.
-pub const TASK_QUEUE: usize = 256;
+const TASK_QUEUE: usize = 256;
+
+/// The tasks handed to the worker. The index repeats a task in every answer until it is
+/// done, so a task already queued or running is not queued again.
+pub struct TaskQueue {
+    sender: Sender<Task>,
+    pending: Arc<Mutex<HashSet<String>>>,
+}
+
+impl TaskQueue {
+    /// The queue, and the inbox its one worker reads. The worker holds no sender, so the
+    /// inbox closes when the agent (the last sender) stops.
+    pub fn new() -> (TaskQueue, TaskInbox) {
+        let (sender, receiver) = crossbeam_channel::bounded(TASK_QUEUE);
+        let pending: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let inbox = TaskInbox {
+            receiver,
+            pending: pending.clone(),
+        };
+        (TaskQueue { sender, pending }, inbox)
+    }
+
+    fn pending(&self) -> MutexGuard<'_, HashSet<String>> {
+        lock(&self.pending)
+    }
+
+    fn offer(&self, new: Vec<Task>) {
+        for task in new {
+            if !self.pending().insert(task.task_id.clone()) {
+                continue;
+            }
+            match self.sender.try_send(task) {
+                Ok(()) => {}
+                Err(TrySendError::Full(t)) => {
+                    log::warn!(
+                        "task queue full; dropping task {} (the index will hand it out again)",
+                        t.task_id
+                    );
+                    self.pending().remove(&t.task_id);
+                }
+                Err(TrySendError::Disconnected(_)) => return,
+            }
+        }
+    }
+}
+
+/// The worker's end of the task queue.
+pub struct TaskInbox {
+    receiver: Receiver<Task>,
+    pending: Arc<Mutex<HashSet<String>>>,
+}
+
+fn lock(set: &Mutex<HashSet<String>>) -> MutexGuard<'_, HashSet<String>> {
+    set.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// How long to wait before retrying when no index answers.
 const RETRY: Duration = Duration::from_secs(1);
 
 /// Loops until `stop` is closed.
-pub fn run(peer: &Peer, stop: &Receiver<()>, tasks: &Sender<Task>) {
+pub fn run(peer: &Peer, stop: &Receiver<()>, tasks: &TaskQueue) {
     loop {
         let wait = if peer.needs_register() {
             if register(peer, tasks) {
@@ -27,7 +83,7 @@ pub fn run(peer: &Peer, stop: &Receiver<()>, tasks: &Sender<Task>) {
         } else {
             match peer.heartbeat() {
                 Ok(response) => {
-                    queue(tasks, response.tasks);
+                    tasks.offer(response.tasks);
                     peer.heartbeat_interval()
                 }
                 // The index forgot us (restart, prune): register again right away.
@@ -64,10 +120,10 @@ fn stopped(stop: &Receiver<()>, wait: Duration) -> bool {
 }
 
 /// Registers the whole file list and queues the tasks that come back; false on failure.
-pub fn register(peer: &Peer, tasks: &Sender<Task>) -> bool {
+pub fn register(peer: &Peer, tasks: &TaskQueue) -> bool {
     match peer.register() {
         Ok(response) => {
-            queue(tasks, response.tasks);
+            tasks.offer(response.tasks);
             true
         }
         Err(e) => {
@@ -77,59 +133,49 @@ pub fn register(peer: &Peer, tasks: &Sender<Task>) -> bool {
     }
 }
 
-fn queue(tasks: &Sender<Task>, new: Vec<Task>) {
-    for task in new {
-        match tasks.try_send(task) {
-            Ok(()) => {}
-            Err(TrySendError::Full(t)) => {
-                log::warn!(
-                    "task queue full; dropping task {} (the index will reassign it)",
-                    t.task_id
-                );
-            }
-            Err(TrySendError::Disconnected(_)) => return,
-        }
+/// The task worker: makes each requested copy through the same verified path as `get`, then
+/// announces it. One task at a time, so copies never crowd out the user's own downloads.
+pub fn run_tasks(peer: &Peer, inbox: &TaskInbox) {
+    while let Ok(task) = inbox.receiver.recv() {
+        run_task(peer, &task);
+        lock(&inbox.pending).remove(&task.task_id);
     }
 }
 
-/// The task worker: makes each requested copy through the same verified path as `get`, then
-/// announces it. One task at a time, so copies never crowd out the user's own downloads.
-pub fn run_tasks(peer: &Peer, queue: &Receiver<Task>) {
-    while let Ok(task) = queue.recv() {
-        let want = FileMeta {
-            name: task.file.clone(),
-            version: task.version,
-            size: task.size,
-            sha256: task.sha256.clone(),
-        };
-        if crate::protocol::validate_file_meta(&want).is_err() {
-            log::warn!("ignoring malformed task {}", task.task_id);
-            continue;
-        }
-        if peer
-            .store
-            .get(&want.name)
-            .is_some_and(|m| m.version >= want.version)
-        {
-            log::debug!("task {}: already have {}", task.task_id, want.name);
-            continue;
-        }
-        match peer
-            .downloader
-            .fetch(&peer.store, &want, &task.sources, &mut |_, _| {})
-        {
-            Ok(source) => {
-                log::info!(
-                    "task {}: copied {} v{} from {source}",
-                    task.task_id,
-                    want.name,
-                    want.version
-                );
-                if let Err(e) = peer.announce(&want, None) {
-                    log::warn!("task {}: announce failed: {e}", task.task_id);
-                }
+fn run_task(peer: &Peer, task: &Task) {
+    let want = FileMeta {
+        name: task.file.clone(),
+        version: task.version,
+        size: task.size,
+        sha256: task.sha256.clone(),
+    };
+    if crate::protocol::validate_file_meta(&want).is_err() {
+        log::warn!("ignoring malformed task {}", task.task_id);
+        return;
+    }
+    if peer
+        .store
+        .get(&want.name)
+        .is_some_and(|m| m.version >= want.version)
+    {
+        log::debug!("task {}: already have {}", task.task_id, want.name);
+        return;
+    }
+    match peer
+        .downloader
+        .fetch(&peer.store, &want, &task.sources, &mut |_, _| {})
+    {
+        Ok(source) => {
+            log::info!(
+                "task {}: copied {} v{} from {source}",
+                task.task_id,
+                want.name,
+                want.version
+            );
+            if let Err(e) = peer.announce(&want, None) {
+                log::warn!("task {}: announce failed: {e}", task.task_id);
             }
-            Err(e) => log::warn!("task {}: {} failed: {e}", task.task_id, want.name),
         }
+        Err(e) => log::warn!("task {}: {} failed: {e}", task.task_id, want.name),
     }
 }

@@ -166,7 +166,7 @@ impl Peer {
         say(format!(
             "Editing {name} v{} (leased for {} s, renewed while the editor is open)",
             base.version,
-            ttl.as_secs()
+            (lease.ttl_ms + 500) / 1000
         ));
 
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
@@ -292,14 +292,17 @@ impl Peer {
             match self.index.renew_lease(lease) {
                 Ok(renewed) => valid_until = sent + Duration::from_millis(renewed.ttl_ms),
                 Err(e @ ClientError::Api { .. }) => {
-                    return Some(format!("the index ended the lease: {e}"))
+                    let why = format!("the index ended the lease: {e}");
+                    log::warn!("lease {} lost: {why}", lease.lease_id);
+                    return Some(why);
                 }
                 Err(e) => {
-                    log::warn!("could not renew the lease on {}: {e}", lease.lease_id);
+                    log::warn!("could not renew lease {}: {e}", lease.lease_id);
                     if Instant::now() >= valid_until {
-                        return Some(format!(
-                            "the lease ran out while no index could be reached ({e})"
-                        ));
+                        let why =
+                            format!("the lease ran out while no index could be reached ({e})");
+                        log::warn!("lease {} lost: {why}", lease.lease_id);
+                        return Some(why);
                     }
                 }
             }

@@ -389,13 +389,13 @@ impl PeerNode {
                     .spawn(move || server::serve(&peer.store, &server))?,
             );
         }
-        let (tasks, task_queue) = crossbeam_channel::bounded(agent::TASK_QUEUE);
+        let (tasks, inbox) = agent::TaskQueue::new();
         {
             let peer = peer.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name("tasks".into())
-                    .spawn(move || agent::run_tasks(&peer, &task_queue))?,
+                    .spawn(move || agent::run_tasks(&peer, &inbox))?,
             );
         }
         // Scan and register before returning, so a shell started right after can announce

@@ -243,13 +243,24 @@ fn update(peer: &Peer, arg: &str, out: &mut impl Write) -> io::Result<()> {
             Err(e) => Err(format!("could not start the editor {editor:?}: {e}")),
         }
     };
+    update_with(peer, name, out, &mut run_editor)
+}
+
+/// `update` with the editor given as a function of the working copy's path (the demo's
+/// scripted tour edits without a terminal this way).
+pub fn update_with(
+    peer: &Peer,
+    name: &str,
+    out: &mut impl Write,
+    run_editor: &mut dyn FnMut(&Path) -> Result<(), String>,
+) -> io::Result<()> {
     let mut progress = progress_bar();
     let outcome = {
         let mut say = |line: String| {
             let _ = writeln!(out, "{line}");
             let _ = out.flush();
         };
-        peer.edit(name, &mut say, &mut progress, &mut run_editor)
+        peer.edit(name, &mut say, &mut progress, run_editor)
     };
     match outcome {
         Ok(EditOutcome::Published { meta }) => writeln!(
