@@ -473,3 +473,74 @@ fn a_conflicting_copy_is_refused_and_the_shell_says_so() {
         b"something else\n"
     );
 }
+
+/// A peer whose copy of doc.txt was edited outside `update` (so the index refused it), with
+/// an editor that appends a line. `other_holder` adds a second peer holding v1.
+fn unleased_edit_then_update(other_holder: bool) -> (String, Vec<u8>, Vec<u8>) {
+    let index = start_index(&[]);
+    let url = index.url.as_str();
+    let b = tempfile::tempdir().unwrap();
+    let _pb = other_holder.then(|| {
+        fs::write(b.path().join("doc.txt"), b"v1\n").unwrap();
+        start_peer(b.path(), url, true, &[])
+    });
+    let a = tempfile::tempdir().unwrap();
+    fs::write(a.path().join("doc.txt"), b"v1\n").unwrap();
+    let tools = tempfile::tempdir().unwrap();
+    let editor = tools.path().join("editor.sh");
+    fs::write(&editor, "#!/bin/sh\necho 'via update' >> \"$1\"\n").unwrap();
+    fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut pa = start_peer_env(
+        a.path(),
+        url,
+        false,
+        &["--rescan-interval", "0.2"],
+        &[("EDITOR", editor.to_str().unwrap()), ("VISUAL", "")],
+    );
+    fs::write(a.path().join("doc.txt"), b"v1\nbehind its back\n").unwrap();
+    poll_until("the index refuses the unleased edit", || {
+        pa.proc
+            .stderr_lines()
+            .into_iter()
+            .find(|l| l.contains("refused doc.txt"))
+    });
+    let line = pa.proc.command("update doc.txt", "Published");
+    assert!(line.contains("doc.txt v2"), "{line}");
+    let transcript = pa.proc.transcript();
+    let kept = transcript
+        .lines()
+        .find_map(|l| l.split("it is kept at ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no kept path in:\n{transcript}"));
+    let kept = fs::read(kept).unwrap();
+    let published = fs::read(a.path().join("doc.txt")).unwrap();
+    let r = search(url, "doc.txt");
+    assert_eq!(r[0]["version"], 2);
+    assert_eq!(r[0]["sha256"], sha256_hex(&published));
+    // The peer stays listed as a holder of v2 through later heartbeats (no stale removal
+    // queued by the set-aside may undo the publish).
+    let a_addr = pa.addr.clone();
+    let seen = Instant::now();
+    while seen.elapsed() < Duration::from_secs(1) {
+        let holders = holders(url, "doc.txt");
+        assert!(holders.contains(&a_addr), "{holders:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (transcript, kept, published)
+}
+
+#[test]
+fn update_after_an_unleased_local_edit_keeps_that_copy_and_starts_from_the_latest() {
+    let (transcript, kept, published) = unleased_edit_then_update(true);
+    assert_eq!(kept, b"v1\nbehind its back\n");
+    assert!(transcript.contains("Fetched doc.txt v1"), "{transcript}");
+    assert_eq!(published, b"v1\nvia update\n");
+}
+
+#[test]
+fn update_starts_from_the_local_copy_when_no_peer_holds_the_latest() {
+    let (transcript, kept, published) = unleased_edit_then_update(false);
+    assert_eq!(kept, b"v1\nbehind its back\n");
+    assert!(transcript.contains("starts from your copy"), "{transcript}");
+    assert_eq!(published, b"v1\nbehind its back\nvia update\n");
+}

@@ -161,18 +161,16 @@ fn run_task(peer: &Peer, task: &Task) {
         log::debug!("task {}: already have {}", task.task_id, want.name);
         return;
     }
-    match peer
-        .downloader
-        .fetch(&peer.store, &want, &task.sources, &mut |_, _| {})
-    {
-        Ok(source) => {
+    match peer.fetch(&want, &task.sources, &mut |_, _| {}) {
+        Ok(fetched) => {
             log::info!(
-                "task {}: copied {} v{} from {source}",
+                "task {}: copied {} v{} from {}",
                 task.task_id,
                 want.name,
-                want.version
+                want.version,
+                fetched.source
             );
-            if let Err(e) = peer.announce(&want, None) {
+            if let Some(e) = fetched.announce_error {
                 log::warn!("task {}: announce failed: {e}", task.task_id);
             }
         }

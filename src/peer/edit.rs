@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::client::ClientError;
-use super::download::Progress;
+use super::download::{DownloadError, Progress};
 use super::files::{sha256_of, LocalChanges};
 use super::{GetError, Peer};
 use crate::protocol::{FileMeta, LeaseIdRequest, LeaseRequest};
@@ -157,10 +157,13 @@ impl Peer {
             size: lease.size,
             sha256: lease.sha256.clone(),
         };
-        self.bring_to(&base, say, progress)?;
-
-        // The working copy starts as the base version; opened the checked way (no symlinks).
-        let (mut source, _) = self.store.open_file(name)?;
+        let start = self.bring_to(&base, say, progress)?;
+        // Copied, not linked: the shared copy stays the published version until the next one
+        // is accepted. The shared file is opened the checked way (never through a symlink).
+        let mut source = match self.store.path_of(name) {
+            Some(shared) if shared == start => self.store.open_file(name)?.0,
+            _ => File::open(&start)?,
+        };
         io::copy(&mut source, &mut File::create(&work)?)?;
         let ttl = Duration::from_millis(lease.ttl_ms);
         say(format!(
@@ -209,7 +212,9 @@ impl Peer {
             });
         }
         held.spent = true;
-        match self.store.install(&work, &meta, LocalChanges::SetAside) {
+        let installed = self.store.install(&work, &meta, LocalChanges::SetAside);
+        self.installed(name);
+        match installed {
             Ok(Some(aside)) => say(format!(
                 "{name} changed in the shared folder during the edit; that copy is kept at {}",
                 aside.display()
@@ -230,46 +235,60 @@ impl Peer {
         Ok(EditOutcome::Published { meta })
     }
 
-    /// Makes the shared copy of `base.name` exactly `base`: fetches it when missing or older,
-    /// and moves a local copy the index does not know (edited outside `update`) aside first.
+    /// Makes the shared copy of `base.name` exactly `base` and returns the file the working
+    /// copy starts from. A local copy the index does not know (edited outside `update`) is
+    /// moved aside first; the edit then starts from `base`, fetched, or from that copy when
+    /// no peer holds `base` any more.
     fn bring_to(
         &self,
         base: &FileMeta,
         say: &mut dyn FnMut(String),
         progress: Progress<'_>,
-    ) -> Result<(), EditError> {
+    ) -> Result<PathBuf, EditError> {
         let name = &base.name;
-        match self.store.get(name) {
-            Some(local) if local == *base => return Ok(()),
-            Some(local) if local.version >= base.version => {
-                let path = self
-                    .store
-                    .path_of(name)
-                    .ok_or_else(|| EditError::NotFound(name.clone()))?;
-                let kept = self.store.set_aside(&path, name)?;
-                self.rescan()?;
+        let shared = self
+            .store
+            .path_of(name)
+            .ok_or_else(|| EditError::NotFound(name.clone()))?;
+        let local = self.store.get(name);
+        if local.as_ref() == Some(base) {
+            return Ok(shared);
+        }
+        let mut kept = None;
+        if let Some(local) = local.filter(|l| l.version >= base.version) {
+            let path = self.store.set_aside(&shared, name)?;
+            self.rescan()?;
+            say(format!(
+                "your copy of {name} (v{}) has changes the index does not know; \
+                 it is kept at {} ",
+                local.version,
+                path.display()
+            ));
+            kept = Some(path);
+        }
+        match self.get(name, progress) {
+            Ok(fetched) => say(format!(
+                "Fetched {name} v{} from {}, sha256 verified",
+                fetched.meta.version, fetched.source
+            )),
+            Err(GetError::NotFound(_) | GetError::Download(DownloadError::NoSources))
+                if kept.is_some() =>
+            {
                 say(format!(
-                    "your copy of {name} (v{}) has changes the index does not know; \
-                     it is kept at {} and the edit starts from the index's v{}",
-                    local.version,
-                    kept.display(),
+                    "no peer holds {name} v{}; the edit starts from your copy",
                     base.version
                 ));
+                return kept.ok_or_else(|| EditError::NotFound(name.clone()));
             }
-            _ => {}
+            Err(e) => return Err(EditError::Fetch(e)),
         }
-        let fetched = self.get(name, progress).map_err(EditError::Fetch)?;
-        say(format!(
-            "Fetched {name} v{} from {}, sha256 verified",
-            fetched.meta.version, fetched.source
-        ));
         if self.store.get(name).as_ref() != Some(base) {
             return Err(EditError::Fetch(GetError::NotFound(format!(
                 "{name} v{}",
                 base.version
             ))));
         }
-        Ok(())
+        Ok(shared)
     }
 
     /// Renews the lease every third of its TTL until `stop` closes. Returns why the lease was

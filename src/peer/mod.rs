@@ -335,16 +335,38 @@ impl Peer {
             .map(|h| h.addr.clone())
             .filter(|a| *a != self.addr)
             .collect();
+        self.fetch(&want, &sources, progress)
+            .map_err(GetError::Download)
+    }
+
+    /// Downloads `want` from the first of `sources` that delivers it intact, puts it in place
+    /// and tells the index. What `get` and the copy tasks share.
+    pub fn fetch(
+        &self,
+        want: &FileMeta,
+        sources: &[String],
+        progress: Progress<'_>,
+    ) -> Result<Fetched, DownloadError> {
         let source = self
             .downloader
-            .fetch(&self.store, &want, &sources, progress)
-            .map_err(GetError::Download)?;
-        let announce_error = self.announce(&want, None).err().map(|e| e.to_string());
+            .fetch(&self.store, want, sources, progress)?;
+        self.installed(&want.name);
+        let announce_error = self.announce(want, None).err().map(|e| e.to_string());
         Ok(Fetched {
-            meta: want,
+            meta: want.clone(),
             source,
             announce_error,
         })
+    }
+
+    /// A file was put in place by us, not found by a rescan: whatever a rescan queued for
+    /// it before (e.g. its removal, when a local copy was set aside) no longer holds, and the
+    /// announce that follows reports it.
+    fn installed(&self, name: &str) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
     }
 
     /// Leaves the index gracefully: our holdings disappear from it at once.
