@@ -263,18 +263,15 @@ fn leases_are_guarded_and_an_expired_lease_cannot_publish() {
 /// An editor that appends a line, then waits until `release` exists (or a minute passes),
 /// so the test decides when the edit ends.
 fn waiting_editor(dir: &std::path::Path, release: &std::path::Path) -> String {
-    let editor = dir.join("slow-editor.sh");
-    fs::write(
-        &editor,
-        format!(
-            "#!/bin/sh\necho 'edited' >> \"$1\"\necho \"editor open on $1\"\n\
+    script(
+        dir,
+        "slow-editor.sh",
+        &format!(
+            "echo 'edited' >> \"$1\"\necho \"editor open on $1\"\n\
              i=0\nwhile [ ! -e '{}' ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n",
             release.display()
         ),
     )
-    .unwrap();
-    fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    editor.to_str().unwrap().to_string()
 }
 
 /// Creates the release file when dropped, so the editor script ends even if the test fails.
@@ -296,14 +293,7 @@ fn a_long_edit_keeps_its_lease_and_a_killed_editor_frees_the_file_after_the_ttl(
     let tools = tempfile::tempdir().unwrap();
     let release = tools.path().join("release");
     let _release = ReleaseOnDrop(release.clone());
-    let editor = waiting_editor(tools.path(), &release);
-    let mut pa = start_peer_env(
-        a.path(),
-        url,
-        false,
-        &[],
-        &[("EDITOR", editor.as_str()), ("VISUAL", "")],
-    );
+    let mut pa = start_editing_peer(a.path(), url, &waiting_editor(tools.path(), &release), &[]);
     pa.proc.send("update doc.txt");
     pa.proc.wait_stdout("editor open on");
     let holder = poll_until("the index shows the lease", || {
@@ -339,20 +329,11 @@ fn update_publishes_under_a_lease_and_stale_holders_catch_up() {
     fs::write(a.path().join("doc.txt"), b"first draft\n").unwrap();
     let pa = start_peer(a.path(), url, true, &[]);
     let tools = tempfile::tempdir().unwrap();
-    let editor = tools.path().join("editor.sh");
-    fs::write(&editor, "#!/bin/sh\necho 'second thoughts' >> \"$1\"\n").unwrap();
-    fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let editor = editor.to_str().unwrap();
+    let editor = appending_editor(tools.path(), "second thoughts");
 
     // c does not hold doc.txt: update fetches v1, then publishes v2.
     let c = tempfile::tempdir().unwrap();
-    let mut pc = start_peer_env(
-        c.path(),
-        url,
-        false,
-        &[],
-        &[("EDITOR", editor), ("VISUAL", "")],
-    );
+    let mut pc = start_editing_peer(c.path(), url, &editor, &[]);
     let line = pc.proc.command("update doc.txt", "Published");
     assert!(line.contains("doc.txt v2"), "{line}");
     let transcript = pc.proc.transcript();
@@ -378,13 +359,7 @@ fn update_publishes_under_a_lease_and_stale_holders_catch_up() {
 
     // Another peer now gets v2, verified.
     let d = tempfile::tempdir().unwrap();
-    let mut pd = start_peer_env(
-        d.path(),
-        url,
-        false,
-        &[],
-        &[("EDITOR", "true"), ("VISUAL", "")],
-    );
+    let mut pd = start_editing_peer(d.path(), url, "true", &[]);
     let line = pd.proc.command("get doc.txt", "doc.txt");
     assert!(line.starts_with("Downloaded doc.txt v2"), "{line}");
     assert_eq!(fs::read(d.path().join("doc.txt")).unwrap(), updated);
@@ -408,14 +383,7 @@ fn update_tells_who_is_editing_and_keeps_an_edit_whose_lease_was_lost() {
     let tools = tempfile::tempdir().unwrap();
     let release = tools.path().join("release");
     let _release = ReleaseOnDrop(release.clone());
-    let editor = waiting_editor(tools.path(), &release);
-    let mut pa = start_peer_env(
-        a.path(),
-        url,
-        false,
-        &[],
-        &[("EDITOR", editor.as_str()), ("VISUAL", "")],
-    );
+    let mut pa = start_editing_peer(a.path(), url, &waiting_editor(tools.path(), &release), &[]);
 
     // Someone else holds the lease: update says who, and for how long.
     let other = identity(url, 9401, vec![]);
@@ -487,16 +455,8 @@ fn unleased_edit_then_update(other_holder: bool) -> (String, Vec<u8>, Vec<u8>) {
     let a = tempfile::tempdir().unwrap();
     fs::write(a.path().join("doc.txt"), b"v1\n").unwrap();
     let tools = tempfile::tempdir().unwrap();
-    let editor = tools.path().join("editor.sh");
-    fs::write(&editor, "#!/bin/sh\necho 'via update' >> \"$1\"\n").unwrap();
-    fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let mut pa = start_peer_env(
-        a.path(),
-        url,
-        false,
-        &["--rescan-interval", "0.2"],
-        &[("EDITOR", editor.to_str().unwrap()), ("VISUAL", "")],
-    );
+    let editor = appending_editor(tools.path(), "via update");
+    let mut pa = start_editing_peer(a.path(), url, &editor, &["--rescan-interval", "0.2"]);
     fs::write(a.path().join("doc.txt"), b"v1\nbehind its back\n").unwrap();
     poll_until("the index refuses the unleased edit", || {
         pa.proc
@@ -543,4 +503,25 @@ fn update_starts_from_the_local_copy_when_no_peer_holds_the_latest() {
     assert_eq!(kept, b"v1\nbehind its back\n");
     assert!(transcript.contains("starts from your copy"), "{transcript}");
     assert_eq!(published, b"v1\nbehind its back\nvia update\n");
+}
+
+#[test]
+fn update_of_a_file_no_one_online_holds_says_so_and_gives_the_lease_back() {
+    let index = start_index(&[]);
+    let url = index.url.as_str();
+    let gone = identity(url, 9501, vec![meta("orphan.txt", 1, "only copy")]);
+    let left = post(
+        &format!("{url}/unregister"),
+        &json!({"peer_id": gone.peer_id, "token": gone.token}).to_string(),
+    );
+    assert_eq!(left.status, 200, "{}", left.body);
+    let a = tempfile::tempdir().unwrap();
+    let mut pa = start_editing_peer(a.path(), url, "true", &[]);
+    let line = pa.proc.command("update orphan.txt", "orphan.txt");
+    assert!(
+        line.contains("no peer online holds orphan.txt v1"),
+        "{line}"
+    );
+    assert!(file_info(url, "orphan.txt")["lease"].is_null());
+    assert!(!a.path().join("orphan.txt").exists());
 }

@@ -57,18 +57,9 @@ pub fn refresh_tasks(state: &IndexState, peer_id: &str) -> Vec<Task> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::state::{hash_token, hex, Op};
+    use crate::index::state::tests::meta;
+    use crate::index::state::{hash_token, Op};
     use crate::protocol::FileMeta;
-    use sha2::{Digest, Sha256};
-
-    fn meta(name: &str, version: u64, content: &str) -> FileMeta {
-        FileMeta {
-            name: name.into(),
-            version,
-            size: content.len() as u64,
-            sha256: hex(&Sha256::digest(content.as_bytes())),
-        }
-    }
 
     fn register(id: &str, port: u16, files: Vec<FileMeta>) -> Op {
         Op::Register {

@@ -681,10 +681,11 @@ fn check_token(peer_id: &str, peer: &Peer, token_hash: &str) -> Result<(), State
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn meta(name: &str, version: u64, content: &str) -> FileMeta {
+    /// A file entry for `content`, as a peer would report it.
+    pub(crate) fn meta(name: &str, version: u64, content: &str) -> FileMeta {
         FileMeta {
             name: name.into(),
             version,

@@ -49,6 +49,11 @@ pub enum EditError {
     },
     /// No version of the file is on the index.
     NotFound(String),
+    /// The index knows the file, but no peer online holds its latest version to start from.
+    NoHolder {
+        name: String,
+        version: u64,
+    },
     Index(ClientError),
     Fetch(GetError),
     Io(io::Error),
@@ -71,6 +76,10 @@ impl std::fmt::Display for EditError {
             EditError::NotFound(name) => write!(
                 f,
                 "{name} is not on the index; to share a new file, put it in the shared folder"
+            ),
+            EditError::NoHolder { name, version } => write!(
+                f,
+                "no peer online holds {name} v{version} to start the edit from; try again later"
             ),
             EditError::Index(e) => write!(f, "{e}"),
             EditError::Fetch(e) => write!(f, "could not fetch the latest version: {e}"),
@@ -279,6 +288,12 @@ impl Peer {
                     base.version
                 ));
                 return kept.ok_or_else(|| EditError::NotFound(name.clone()));
+            }
+            Err(GetError::NotFound(_) | GetError::Download(DownloadError::NoSources)) => {
+                return Err(EditError::NoHolder {
+                    name: name.clone(),
+                    version: base.version,
+                })
             }
             Err(e) => return Err(EditError::Fetch(e)),
         }

@@ -297,9 +297,12 @@ impl Peer {
             sha256: meta.sha256.clone(),
             lease_id: lease_id.map(String::from),
         };
-        self.index.announce(&rq).inspect_err(|_| {
-            // Whatever the index missed, a full register tells it again.
-            self.request_register();
+        self.index.announce(&rq).inspect_err(|e| {
+            // When the index may have missed it, a full register tells it again. (A refusal
+            // is an answer: the index's record of us is as it was.)
+            if !matches!(e, ClientError::Api { .. }) || e.needs_register() {
+                self.request_register();
+            }
         })
     }
 

@@ -260,6 +260,30 @@ pub fn start_peer_env(
     PeerProc { proc, addr }
 }
 
+/// Writes an executable shell script `name` with `body` into `dir`; returns its path.
+pub fn script(dir: &Path, name: &str, body: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// An `$EDITOR` (in `dir`) that appends `line` to the file it is given.
+pub fn appending_editor(dir: &Path, line: &str) -> String {
+    script(dir, "append.sh", &format!("echo '{line}' >> \"$1\"\n"))
+}
+
+/// Starts a peer with the shell, whose `update` runs `editor`.
+pub fn start_editing_peer(dir: &Path, index: &str, editor: &str, extra: &[&str]) -> PeerProc {
+    start_peer_env(
+        dir,
+        index,
+        false,
+        extra,
+        &[("EDITOR", editor), ("VISUAL", "")],
+    )
+}
+
 /// Calls `check` until it returns `Some`, or panics with `what` after the deadline.
 pub fn poll_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + DEADLINE;
