@@ -192,11 +192,20 @@ impl Peer {
             (edited, lost)
         });
 
-        if let Err(why) = edited {
-            let _ = fs::remove_file(&work);
-            return Ok(EditOutcome::Abandoned { why });
-        }
-        let (size, sha256) = (fs::metadata(&work)?.len(), sha256_of(File::open(&work)?)?);
+        // What comes back must still be a plain file: never publish through a symlink.
+        let edited = edited.and_then(|()| match fs::symlink_metadata(&work) {
+            Ok(m) if m.file_type().is_file() => Ok(m.len()),
+            Ok(_) => Err("the working copy is no longer a regular file".to_string()),
+            Err(e) => Err(format!("the working copy is gone ({e})")),
+        });
+        let size = match edited {
+            Ok(size) => size,
+            Err(why) => {
+                let _ = fs::remove_file(&work);
+                return Ok(EditOutcome::Abandoned { why });
+            }
+        };
+        let sha256 = sha256_of(File::open(&work)?)?;
         if sha256 == base.sha256 {
             fs::remove_file(&work)?;
             return Ok(EditOutcome::Unchanged {
