@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use argh::FromArgs;
-use nap::index::{IndexConfig, IndexServer};
+use nap::index::{IndexConfig, IndexServer, Role};
 
 /// The nap index server: maps file names to the peers that hold them (JSON over HTTP).
 #[derive(FromArgs)]
@@ -26,29 +26,83 @@ struct Args {
     /// seconds a write lease lasts unless its holder renews it
     #[argh(option, default = "60.0")]
     lease_ttl: f64,
+    /// primary (takes writes, pushes them to its shadows) or shadow (read-only copy)
+    #[argh(option, default = "String::from(\"primary\")")]
+    role: String,
+    /// shadow base URLs to replicate to, comma-separated (primary)
+    #[argh(option)]
+    shadow: Option<String>,
+    /// the primary's base URL (shadow)
+    #[argh(option)]
+    primary: Option<String>,
+    /// secret shared by a primary and its shadows (or env NAP_CLUSTER_SECRET)
+    #[argh(option)]
+    cluster_secret: Option<String>,
+    /// ops kept for shadows that fall behind; beyond that they catch up by snapshot
+    #[argh(option, default = "65536")]
+    sync_log: usize,
+}
+
+fn usage(message: &str) -> ! {
+    eprintln!("nap-index: {message}");
+    std::process::exit(2)
+}
+
+/// `http://host:port` from a flag value that may omit the scheme.
+fn base_url(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    }
+}
+
+fn role(args: &Args) -> Role {
+    match (args.role.as_str(), &args.shadow, &args.primary) {
+        ("primary", shadows, None) => Role::Primary {
+            shadows: shadows
+                .iter()
+                .flat_map(|list| list.split(','))
+                .filter(|s| !s.trim().is_empty())
+                .map(base_url)
+                .collect(),
+        },
+        ("shadow", None, Some(primary)) if !primary.trim().is_empty() => Role::Shadow {
+            primary: base_url(primary),
+        },
+        ("primary", _, Some(_)) => usage("--primary is for --role shadow"),
+        ("shadow", Some(_), _) => usage("--shadow is for --role primary"),
+        ("shadow", _, _) => usage("--role shadow needs --primary URL"),
+        (other, _, _) => usage(&format!("--role must be primary or shadow, not {other:?}")),
+    }
 }
 
 fn seconds(flag: &str, value: f64) -> Duration {
-    Duration::try_from_secs_f64(value).unwrap_or_else(|_| {
-        eprintln!("nap-index: --{flag} must be a non-negative number of seconds");
-        std::process::exit(2)
-    })
+    Duration::try_from_secs_f64(value)
+        .unwrap_or_else(|_| usage(&format!("--{flag} must be a non-negative number of seconds")))
 }
 
 fn main() {
     let args: Args = argh::from_env();
     nap::init_logging(log::LevelFilter::Info);
     let config = IndexConfig {
-        listen: args.listen,
+        listen: args.listen.clone(),
         workers: args.workers,
         heartbeat_interval: seconds("heartbeat-interval", args.heartbeat_interval),
         peer_timeout: seconds("peer-timeout", args.peer_timeout),
         max_body: args.max_body,
         lease_ttl: seconds("lease-ttl", args.lease_ttl),
+        role: role(&args),
+        cluster_secret: args
+            .cluster_secret
+            .clone()
+            .or_else(|| std::env::var("NAP_CLUSTER_SECRET").ok())
+            .filter(|s| !s.is_empty()),
+        sync_log: args.sync_log,
     };
     if config.lease_ttl.is_zero() {
-        eprintln!("nap-index: --lease-ttl must be more than 0");
-        std::process::exit(2);
+        usage("--lease-ttl must be more than 0");
     }
     if config.peer_timeout <= config.heartbeat_interval {
         log::warn!(

@@ -14,6 +14,9 @@ pub const PATH_LEASE_RENEW: &str = "/lease/renew";
 pub const PATH_LEASE_RELEASE: &str = "/lease/release";
 /// `GET /file?name=NAME`: one file's version history, holders and lease.
 pub const PATH_FILE: &str = "/file";
+/// Replication between index servers (shared secret required).
+pub const PATH_SYNC: &str = "/sync";
+pub const PATH_SNAPSHOT: &str = "/snapshot";
 /// Peers serve their files under this prefix: `GET /files/NAME`.
 pub const PATH_FILES: &str = "/files/";
 
@@ -240,6 +243,30 @@ pub struct StatusResponse {
     pub leases: usize,
     #[serde(default)]
     pub lease_ttl_ms: u64,
+    /// The history the state belongs to (new each time a primary starts empty).
+    #[serde(default)]
+    pub epoch: String,
+    /// On a shadow: its primary, and how long ago the primary last pushed to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_ms_ago: Option<u64>,
+    /// On a primary: each shadow's acknowledged sequence number and lag.
+    #[serde(default)]
+    pub shadows: Vec<ShadowState>,
+}
+
+/// One shadow as its primary sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ShadowState {
+    pub url: String,
+    pub acked_seq: u64,
+    /// Ops the shadow is behind.
+    pub lag: u64,
+    #[serde(default)]
+    pub last_ack_ms_ago: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Body of every error answer from the index and the peers' file servers.
@@ -254,6 +281,9 @@ pub struct ErrorBody {
     pub holder: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remaining_ms: Option<u64>,
+    /// On a write sent to a read-only shadow: where the primary is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
 }
 
 impl ErrorBody {
@@ -263,6 +293,7 @@ impl ErrorBody {
             reregister: false,
             holder: None,
             remaining_ms: None,
+            primary: None,
         }
     }
 }

@@ -10,7 +10,8 @@ use tiny_http::{Header, Method, Request, Response};
 
 use super::lease::{Lease, LeaseError};
 use super::state::{hash_token, Op, Outcome, StateError};
-use super::{planner, Index};
+use super::sync::{self, SyncRequest};
+use super::{planner, Index, Role};
 use crate::protocol::{
     self, AnnounceRequest, AnnounceResponse, ErrorBody, FileInfoResponse, FileMeta,
     HeartbeatRequest, HeartbeatResponse, HolderVersion, LeaseIdRequest, LeaseInfo, LeaseRequest,
@@ -28,6 +29,8 @@ pub enum ApiError {
     NotFound(String),
     MethodNotAllowed(&'static str),
     Conflict(String),
+    /// A write sent to a read-only shadow; names the primary.
+    ReadOnly { primary: String },
     /// Someone else holds the lease: the answer says who and for how long.
     LeaseHeld {
         message: String,
@@ -43,7 +46,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => 400,
             ApiError::BadToken(_) => 401,
-            ApiError::Forbidden(_) => 403,
+            ApiError::Forbidden(_) | ApiError::ReadOnly { .. } => 403,
             ApiError::UnknownPeer(_) | ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed(_) => 405,
             ApiError::Conflict(_) | ApiError::LeaseHeld { .. } => 409,
@@ -64,6 +67,7 @@ impl ApiError {
             | ApiError::Internal(m) => m.clone(),
             ApiError::MethodNotAllowed(allowed) => format!("method not allowed; use {allowed}"),
             ApiError::TooLarge(max) => format!("request body is larger than {max} bytes"),
+            ApiError::ReadOnly { .. } => "read-only shadow".to_string(),
         };
         let mut body = ErrorBody::new(error);
         body.reregister = matches!(self, ApiError::UnknownPeer(_));
@@ -75,6 +79,9 @@ impl ApiError {
         {
             body.holder = Some(holder.clone());
             body.remaining_ms = Some(*remaining_ms);
+        }
+        if let ApiError::ReadOnly { primary } = self {
+            body.primary = Some(primary.clone());
         }
         body
     }
@@ -179,34 +186,13 @@ fn route(index: &Index, request: &mut Request) -> Result<Reply, ApiError> {
         }
     };
     match path {
-        protocol::PATH_REGISTER => {
-            expect(Method::Post, "POST")?;
-            register(index, read_json(index, request)?)
-        }
-        protocol::PATH_HEARTBEAT => {
-            expect(Method::Post, "POST")?;
-            heartbeat(index, read_json(index, request)?)
-        }
-        protocol::PATH_ANNOUNCE => {
-            expect(Method::Post, "POST")?;
-            announce(index, read_json(index, request)?)
-        }
-        protocol::PATH_UNREGISTER => {
-            expect(Method::Post, "POST")?;
-            unregister(index, read_json(index, request)?)
-        }
-        protocol::PATH_LEASE => {
-            expect(Method::Post, "POST")?;
-            lease(index, read_json(index, request)?)
-        }
-        protocol::PATH_LEASE_RENEW => {
-            expect(Method::Post, "POST")?;
-            renew_lease(index, read_json(index, request)?)
-        }
-        protocol::PATH_LEASE_RELEASE => {
-            expect(Method::Post, "POST")?;
-            release_lease(index, read_json(index, request)?)
-        }
+        protocol::PATH_REGISTER => register(index, write_body(index, request)?),
+        protocol::PATH_HEARTBEAT => heartbeat(index, write_body(index, request)?),
+        protocol::PATH_ANNOUNCE => announce(index, write_body(index, request)?),
+        protocol::PATH_UNREGISTER => unregister(index, write_body(index, request)?),
+        protocol::PATH_LEASE => lease(index, write_body(index, request)?),
+        protocol::PATH_LEASE_RENEW => renew_lease(index, write_body(index, request)?),
+        protocol::PATH_LEASE_RELEASE => release_lease(index, write_body(index, request)?),
         protocol::PATH_SEARCH => {
             expect(Method::Get, "GET")?;
             search(index, query)
@@ -219,13 +205,64 @@ fn route(index: &Index, request: &mut Request) -> Result<Reply, ApiError> {
             expect(Method::Get, "GET")?;
             Ok(status(index))
         }
+        protocol::PATH_SYNC => {
+            expect(Method::Post, "POST")?;
+            check_secret(index, request)?;
+            if !index.is_shadow() {
+                return Err(ApiError::Forbidden(
+                    "this index is a primary; only a shadow takes /sync".into(),
+                ));
+            }
+            // A batch carries up to a thousand ops, each up to --max-body.
+            let limit = index.config().max_body.saturating_mul(4).saturating_add(1 << 20);
+            let rq: SyncRequest = read_json_limited(request, limit)?;
+            Ok(Reply::json(200, &index.apply_sync(rq)))
+        }
+        protocol::PATH_SNAPSHOT => {
+            expect(Method::Get, "GET")?;
+            check_secret(index, request)?;
+            Ok(Reply::json(200, &index.snapshot()))
+        }
         _ => Err(ApiError::NotFound(format!("no such endpoint: {path}"))),
     }
 }
 
-/// Reads at most `max_body` bytes and decodes them; never buffers more than the limit.
-fn read_json<T: DeserializeOwned>(index: &Index, request: &mut Request) -> Result<T, ApiError> {
-    let max = index.config().max_body;
+/// The body of a write: POST only, and never on a shadow, whose state changes by its
+/// primary's ops alone.
+fn write_body<T: DeserializeOwned>(index: &Index, request: &mut Request) -> Result<T, ApiError> {
+    if *request.method() != Method::Post {
+        return Err(ApiError::MethodNotAllowed("POST"));
+    }
+    if let Role::Shadow { primary } = &index.config().role {
+        return Err(ApiError::ReadOnly {
+            primary: primary.clone(),
+        });
+    }
+    read_json_limited(request, index.config().max_body)
+}
+
+/// Replication endpoints take only requests carrying the cluster secret.
+fn check_secret(index: &Index, request: &Request) -> Result<(), ApiError> {
+    let configured = index.config().cluster_secret.as_deref().unwrap_or("");
+    let sent = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv(sync::HEADER_SECRET))
+        .map(|h| h.value.as_str())
+        .unwrap_or("");
+    // Compared as hashes, so the comparison's time says nothing about the secret.
+    if !configured.is_empty() && hash_token(sent) == hash_token(configured) {
+        Ok(())
+    } else {
+        Err(ApiError::BadToken(format!(
+            "replication needs the cluster secret in {}",
+            sync::HEADER_SECRET
+        )))
+    }
+}
+
+/// Reads at most `max` bytes and decodes them; never buffers more than the limit.
+fn read_json_limited<T: DeserializeOwned>(request: &mut Request, max: usize) -> Result<T, ApiError> {
     if request.body_length().is_some_and(|len| len > max) {
         return Err(ApiError::TooLarge(max));
     }
@@ -370,14 +407,21 @@ fn heartbeat(index: &Index, rq: HeartbeatRequest) -> Result<Reply, ApiError> {
     validate_files(&rq.added)?;
     validate_names(&rq.removed)?;
     let peer_id = rq.peer_id.clone();
-    let outcome = index.submit(Op::Heartbeat {
-        peer_id: rq.peer_id,
-        token_hash,
-        added: rq.added,
-        removed: rq.removed,
-    })?;
-    let Outcome::HeartbeatAccepted { rejected } = outcome else {
-        return Err(ApiError::Internal(format!("heartbeat gave {outcome:?}")));
+    let rejected = if rq.added.is_empty() && rq.removed.is_empty() {
+        // "Still alive" is not a change of the index: no op (see `sync`).
+        index.touch(&rq.peer_id, &token_hash)?;
+        Vec::new()
+    } else {
+        let outcome = index.submit(Op::Heartbeat {
+            peer_id: rq.peer_id,
+            token_hash,
+            added: rq.added,
+            removed: rq.removed,
+        })?;
+        let Outcome::HeartbeatAccepted { rejected } = outcome else {
+            return Err(ApiError::Internal(format!("heartbeat gave {outcome:?}")));
+        };
+        rejected
     };
     Ok(Reply::json(
         200,
@@ -599,20 +643,29 @@ fn search(index: &Index, query: &str) -> Result<Reply, ApiError> {
 }
 
 fn status(index: &Index) -> Reply {
-    let (peers, files, seq, leases) = {
+    let (peers, files, seq, leases, epoch) = {
         let state = index.read();
         (
             state.peer_count(),
             state.held_file_count(),
             state.seq(),
             state.leases().len(),
+            state.epoch().to_string(),
         )
     };
     let config = index.config();
+    let (role, primary) = match &config.role {
+        Role::Primary { .. } => ("primary", None),
+        Role::Shadow { primary } => ("shadow", Some(primary.clone())),
+    };
     Reply::json(
         200,
         &StatusResponse {
-            role: "primary".into(),
+            role: role.into(),
+            epoch,
+            primary,
+            last_sync_ms_ago: index.since_last_sync().map(|d| d.as_millis() as u64),
+            shadows: index.shadow_states(seq),
             peers,
             files,
             seq,

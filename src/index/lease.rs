@@ -7,11 +7,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::state::Millis;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     pub lease_id: String,
     pub file: String,
@@ -86,6 +86,16 @@ pub struct LeaseTable {
 }
 
 impl LeaseTable {
+    /// The table holding `leases` (as `canonical` listed them).
+    pub fn from_leases(leases: Vec<Lease>) -> LeaseTable {
+        let mut table = LeaseTable::default();
+        for lease in leases {
+            table.by_id.insert(lease.lease_id.clone(), lease.file.clone());
+            table.by_file.insert(lease.file.clone(), lease);
+        }
+        table
+    }
+
     pub fn len(&self) -> usize {
         self.by_file.len()
     }

@@ -1,25 +1,38 @@
 //! The central index server: a deterministic state machine (`state`, with its `lease` table)
-//! behind thin edges: HTTP handlers (`http`) and the `sweep`er of silent peers and expired
-//! leases. The `planner` turns the state into copy tasks for peers.
+//! behind thin edges: HTTP handlers (`http`), the `sweep`er of silent peers and expired
+//! leases, and replication to read-only shadows (`sync`). The `planner` turns the state into
+//! copy tasks for peers.
 //!
-//! Every change goes through [`Index::submit`], the one place where an op meets the clock and
-//! the write lock; the edges that come later (shadow sync, the disk log) hang off it too.
+//! Every change goes through one place, [`Index::submit`] (or the sweeps beside it), where an
+//! op meets the clock and the write lock and, on a primary with shadows, enters the op log in
+//! sequence order. A shadow's state changes only by the primary's ops and snapshots.
 
 pub mod http;
 pub mod lease;
 pub mod planner;
 pub mod state;
 pub mod sweep;
+pub mod sync;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use state::{IndexState, Millis, Op, Outcome, StateError};
+use state::{IndexState, Millis, Op, Outcome, Snapshot, StateError};
+use sync::{OpLog, ShadowLink, SyncOp, SyncRequest, SyncResponse};
+
+/// What this index server is in a replicated pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Takes writes and pushes its ops to `shadows` (base URLs; may be empty).
+    Primary { shadows: Vec<String> },
+    /// Read-only copy of `primary`: answers reads, refuses writes with 403.
+    Shadow { primary: String },
+}
 
 #[derive(Debug, Clone)]
 pub struct IndexConfig {
@@ -35,6 +48,11 @@ pub struct IndexConfig {
     pub max_body: usize,
     /// How long a write lease lasts unless renewed.
     pub lease_ttl: Duration,
+    pub role: Role,
+    /// Shared by the primary and its shadows; replication requests without it get 401.
+    pub cluster_secret: Option<String>,
+    /// Ops kept for shadows that are behind; one further behind catches up by snapshot.
+    pub sync_log: usize,
 }
 
 impl Default for IndexConfig {
@@ -46,33 +64,82 @@ impl Default for IndexConfig {
             peer_timeout: Duration::from_secs(15),
             max_body: 4 << 20,
             lease_ttl: Duration::from_secs(60),
+            role: Role::Primary {
+                shadows: Vec::new(),
+            },
+            cluster_secret: None,
+            sync_log: 65_536,
         }
     }
 }
 
-/// The shared core of a running index: its state, its configuration and its clock.
+/// The shared core of a running index: its state, its configuration, its clock, and its
+/// replication bookkeeping.
 pub struct Index {
     state: RwLock<IndexState>,
     config: IndexConfig,
     started: Instant,
     clock: fn() -> Millis,
+    /// Primary with shadows: the ops they have yet to receive.
+    log: Option<Arc<OpLog>>,
+    /// Primary: one link per shadow, for `/status`.
+    shadows: Vec<Arc<ShadowLink>>,
+    /// Shadow: asks the catch-up thread for a snapshot.
+    resync: Option<Sender<()>>,
+    /// Shadow: when the primary last pushed.
+    last_sync: Mutex<Option<Instant>>,
 }
 
 impl Index {
-    pub fn new(config: IndexConfig, clock: fn() -> Millis) -> Self {
-        Index {
-            state: RwLock::new(IndexState::with_capacity(1024, 16 * 1024)),
+    /// An index with an empty state. A primary starts a new history (a fresh epoch); a shadow
+    /// takes its primary's.
+    pub fn new(config: IndexConfig, clock: fn() -> Millis) -> io::Result<Self> {
+        let epoch = match config.role {
+            Role::Primary { .. } => crate::net::random_hex(8)?,
+            Role::Shadow { .. } => String::new(),
+        };
+        Ok(Index {
+            state: RwLock::new(IndexState::with_capacity(1024, 16 * 1024).with_epoch(epoch)),
             config,
             started: Instant::now(),
             clock,
-        }
+            log: None,
+            shadows: Vec::new(),
+            resync: None,
+            last_sync: Mutex::new(None),
+        })
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, IndexState> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies `op` to `state` (write-locked by the caller) and logs it for the shadows.
+    fn apply(&self, state: &mut IndexState, op: Op, now: Millis) -> Result<Outcome, StateError> {
+        let Some(log) = &self.log else {
+            return state.apply(op, now);
+        };
+        let shipped = op.clone();
+        let outcome = state.apply(op, now)?;
+        log.push(SyncOp {
+            seq: state.seq(),
+            at: now,
+            op: shipped,
+        });
+        Ok(outcome)
     }
 
     /// Applies one op under the write lock. Nothing else is done under it.
     pub fn submit(&self, op: Op) -> Result<Outcome, StateError> {
         let now = (self.clock)();
-        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        state.apply(op, now)
+        let mut state = self.write();
+        self.apply(&mut state, op, now)
+    }
+
+    /// A heartbeat that only says "alive": no op, no sequence number (see `sync`).
+    pub fn touch(&self, peer_id: &str, token_hash: &str) -> Result<(), StateError> {
+        let now = (self.clock)();
+        self.write().touch(peer_id, token_hash, now)
     }
 
     /// Read access for searches and status; readers wait for at most one `apply`.
@@ -84,13 +151,13 @@ impl Index {
     pub fn prune_silent(&self) -> Vec<String> {
         let now = (self.clock)();
         let timeout = self.config.peer_timeout.as_millis() as u64;
-        // Finding and removing happen under one lock, so a heartbeat cannot slip in between.
-        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        let silent = state.silent_peers(now, timeout);
-        if silent.is_empty() {
-            return silent;
+        if self.read().silent_peers(now, timeout).is_empty() {
+            return Vec::new();
         }
-        match state.apply(Op::Prune { peers: silent }, now) {
+        // Finding and removing happen under one lock, so a heartbeat cannot slip in between.
+        let mut state = self.write();
+        let silent = state.silent_peers(now, timeout);
+        match self.apply(&mut state, Op::Prune { peers: silent }, now) {
             Ok(Outcome::Pruned { peers }) => peers,
             _ => Vec::new(),
         }
@@ -103,12 +170,80 @@ impl Index {
         if self.read().leases().expired(now).is_empty() {
             return Vec::new();
         }
-        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.write();
         let lease_ids = state.leases().expired(now);
-        match state.apply(Op::ExpireLeases { lease_ids }, now) {
+        match self.apply(&mut state, Op::ExpireLeases { lease_ids }, now) {
             Ok(Outcome::LeasesExpired { lease_ids }) => lease_ids,
             _ => Vec::new(),
         }
+    }
+
+    /// Shadow: applies the primary's ops that follow on from this state. Anything that does
+    /// not follow on (another epoch, a gap, an op that fails here) asks for a snapshot.
+    pub fn apply_sync(&self, rq: SyncRequest) -> SyncResponse {
+        let mut state = self.write();
+        *self.last_sync.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        if state.epoch() != rq.epoch {
+            if state.seq() == 0 && state.peer_count() == 0 {
+                // An empty state is the beginning of every history.
+                *state = IndexState::default().with_epoch(rq.epoch);
+            } else {
+                return self.need_snapshot(&state, "the primary's epoch changed");
+            }
+        }
+        for sync in rq.ops {
+            if sync.seq <= state.seq() {
+                continue; // sent again after a lost answer
+            }
+            if sync.seq != state.seq() + 1 {
+                let why = format!("gap: op {} after {}", sync.seq, state.seq());
+                return self.need_snapshot(&state, &why);
+            }
+            if let Err(e) = state.apply(sync.op, sync.at) {
+                let why = format!("op {} does not apply here: {e}", sync.seq);
+                log::error!("{why}");
+                return self.need_snapshot(&state, &why);
+            }
+        }
+        state.set_liveness(&rq.liveness);
+        SyncResponse {
+            seq: state.seq(),
+            need_snapshot: false,
+        }
+    }
+
+    fn need_snapshot(&self, state: &IndexState, why: &str) -> SyncResponse {
+        log::info!("shadow at seq {} needs a snapshot ({why})", state.seq());
+        if let Some(resync) = &self.resync {
+            let _ = resync.try_send(());
+        }
+        SyncResponse {
+            seq: state.seq(),
+            need_snapshot: true,
+        }
+    }
+
+    /// Shadow: replaces the state with `snapshot` unless it is older than what is here.
+    pub fn install_snapshot(&self, snapshot: Snapshot) -> bool {
+        {
+            let state = self.read();
+            if snapshot.epoch == state.epoch() && snapshot.seq <= state.seq() {
+                return false;
+            }
+        }
+        // Rebuilding the search index happens outside the lock.
+        let restored = IndexState::restore(snapshot);
+        let mut state = self.write();
+        if restored.epoch() == state.epoch() && restored.seq() <= state.seq() {
+            return false;
+        }
+        *state = restored;
+        true
+    }
+
+    /// The state as a snapshot; copied under the read lock, serialized by the caller.
+    pub fn snapshot(&self) -> Snapshot {
+        self.read().snapshot()
     }
 
     /// The index clock, in milliseconds since the epoch.
@@ -118,6 +253,23 @@ impl Index {
 
     pub fn config(&self) -> &IndexConfig {
         &self.config
+    }
+
+    pub fn is_shadow(&self) -> bool {
+        matches!(self.config.role, Role::Shadow { .. })
+    }
+
+    /// Primary: each shadow's progress.
+    pub fn shadow_states(&self, seq: u64) -> Vec<crate::protocol::ShadowState> {
+        self.shadows.iter().map(|s| s.status(seq)).collect()
+    }
+
+    /// Shadow: time since the primary last pushed.
+    pub fn since_last_sync(&self) -> Option<Duration> {
+        self.last_sync
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|t| t.elapsed())
     }
 
     pub fn uptime(&self) -> Duration {
@@ -133,29 +285,86 @@ pub struct IndexServer {
     threads: Vec<JoinHandle<()>>,
 }
 
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(name).spawn(f)
+}
+
 impl IndexServer {
-    /// Binds, then starts the HTTP workers and the sweeper.
+    /// Binds, then starts the HTTP workers and, by role, the sweeper and the shadow pushers
+    /// (primary) or the catch-up thread (shadow).
     pub fn start(config: IndexConfig) -> io::Result<IndexServer> {
+        let replicated = match &config.role {
+            Role::Primary { shadows } => !shadows.is_empty(),
+            Role::Shadow { .. } => true,
+        };
+        let secret = config.cluster_secret.clone().unwrap_or_default();
+        if replicated && secret.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "replication needs a cluster secret (--cluster-secret or NAP_CLUSTER_SECRET)",
+            ));
+        }
         let (server, addr) = crate::net::http_server(&config.listen)?;
         let server = Arc::new(server);
         let workers = config.workers.max(1);
-        let index = Arc::new(Index::new(config, crate::net::now_ms));
+        let mut index = Index::new(config.clone(), crate::net::now_ms)?;
         let (stop, stopped): (Sender<()>, Receiver<()>) = crossbeam_channel::bounded(0);
+        let mut background: Vec<(String, Box<dyn FnOnce(Arc<Index>) + Send>)> = Vec::new();
+        match &config.role {
+            Role::Primary { shadows } => {
+                if !shadows.is_empty() {
+                    let log = Arc::new(OpLog::new(config.sync_log));
+                    index.log = Some(log.clone());
+                    for url in shadows {
+                        let link = Arc::new(ShadowLink::new(url.trim_end_matches('/').into()));
+                        index.shadows.push(link.clone());
+                        let (log, secret, stopped) = (log.clone(), secret.clone(), stopped.clone());
+                        background.push((
+                            format!("push-{}", index.shadows.len()),
+                            Box::new(move |index: Arc<Index>| {
+                                sync::push(&index, &log, &link, &secret, &stopped)
+                            }),
+                        ));
+                    }
+                }
+                let stopped = stopped.clone();
+                background.push((
+                    "sweeper".into(),
+                    Box::new(move |index: Arc<Index>| sweep::run(&index, &stopped)),
+                ));
+            }
+            Role::Shadow { primary } => {
+                let (wanted, wants) = crossbeam_channel::bounded(1);
+                index.resync = Some(wanted);
+                let (primary, stopped) = (primary.trim_end_matches('/').to_string(), stopped.clone());
+                background.push((
+                    "catch-up".into(),
+                    Box::new(move |index: Arc<Index>| {
+                        sync::catch_up(&index, &primary, &secret, &wants, &stopped)
+                    }),
+                ));
+            }
+        }
+        let index = Arc::new(index);
         let mut threads = Vec::new();
         for n in 0..workers {
             let (index, server) = (index.clone(), server.clone());
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("http-{n}"))
-                    .spawn(move || http::serve(&index, &server))?,
-            );
+            threads.push(spawn(format!("http-{n}"), move || {
+                http::serve(&index, &server)
+            })?);
         }
-        threads.push(
-            std::thread::Builder::new()
-                .name("sweeper".into())
-                .spawn(move || sweep::run(&index, &stopped))?,
+        for (name, run) in background {
+            let index = index.clone();
+            threads.push(spawn(name, move || run(index))?);
+        }
+        log::info!(
+            "index listening on {addr} as {}",
+            match &config.role {
+                Role::Primary { shadows } if shadows.is_empty() => "primary".to_string(),
+                Role::Primary { shadows } => format!("primary of {}", shadows.join(", ")),
+                Role::Shadow { primary } => format!("read-only shadow of {primary}"),
+            }
         );
-        log::info!("index listening on {addr}");
         Ok(IndexServer {
             addr,
             server,
@@ -173,7 +382,7 @@ impl IndexServer {
         format!("http://{}", self.addr)
     }
 
-    /// Stops the workers and the sweeper and waits for them.
+    /// Stops the workers and background threads and waits for them.
     pub fn stop(self) {
         drop(self.stop);
         for _ in 0..self.threads.len() {

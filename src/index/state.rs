@@ -169,12 +169,28 @@ enum Claim {
 pub struct Peer {
     pub addr: String,
     pub token_hash: String,
+    /// Liveness: set by the peer's ops and by `touch`. Not part of the sequenced state (a
+    /// heartbeat that only says "alive" is not an op), so it is left out of the digest.
     pub last_seen_ms: Millis,
     pub files: BTreeSet<String>,
 }
 
+/// The whole sequenced state, for a shadow to start from. Derived indexes (search tokens,
+/// counts) are rebuilt on restore.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Which history this is: a primary draws a new epoch each time it starts empty.
+    pub epoch: String,
+    pub seq: u64,
+    pub peers: BTreeMap<String, Peer>,
+    pub files: BTreeMap<String, FileEntry>,
+    pub leases: Vec<Lease>,
+}
+
 #[derive(Debug, Default)]
 pub struct IndexState {
+    /// Names the history this state belongs to; ops of another epoch do not apply to it.
+    epoch: String,
     seq: u64,
     peers: HashMap<String, Peer>,
     files: HashMap<String, FileEntry>,
@@ -212,6 +228,7 @@ impl IndexState {
     /// rehash under the write lock while the index warms up.
     pub fn with_capacity(peers: usize, files: usize) -> Self {
         IndexState {
+            epoch: String::new(),
             seq: 0,
             peers: HashMap::with_capacity(peers),
             files: HashMap::with_capacity(files),
@@ -224,6 +241,74 @@ impl IndexState {
     /// Sequence number of the last op that changed the state.
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// Starts a new history: only for an empty state (a primary that starts from nothing).
+    pub fn with_epoch(mut self, epoch: String) -> Self {
+        self.epoch = epoch;
+        self
+    }
+
+    /// Records that `peer_id` is alive at `now`, checking its token. Liveness is not a
+    /// sequenced change: it is shipped to shadows in batches (`set_liveness`).
+    pub fn touch(&mut self, peer_id: &str, token_hash: &str, now: Millis) -> Result<(), StateError> {
+        let peer = self.authed_peer(peer_id, token_hash)?;
+        peer.last_seen_ms = peer.last_seen_ms.max(now);
+        Ok(())
+    }
+
+    /// Every peer's last sign of life, sorted by id.
+    pub fn liveness(&self) -> Vec<(String, Millis)> {
+        let mut seen: Vec<(String, Millis)> = self
+            .peers
+            .iter()
+            .map(|(id, p)| (id.clone(), p.last_seen_ms))
+            .collect();
+        seen.sort();
+        seen
+    }
+
+    /// Takes the primary's view of liveness; unknown peers are ignored and no time goes back.
+    pub fn set_liveness(&mut self, seen: &[(String, Millis)]) {
+        for (id, at) in seen {
+            if let Some(peer) = self.peers.get_mut(id) {
+                peer.last_seen_ms = peer.last_seen_ms.max(*at);
+            }
+        }
+    }
+
+    /// A copy of the sequenced state (and liveness) to ship to a shadow.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            epoch: self.epoch.clone(),
+            seq: self.seq,
+            peers: self.peers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            files: self.files.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            leases: self.leases.canonical().into_values().cloned().collect(),
+        }
+    }
+
+    /// The state a snapshot describes, with its search index and counts rebuilt.
+    pub fn restore(snapshot: Snapshot) -> IndexState {
+        let mut state = IndexState::with_capacity(snapshot.peers.len(), snapshot.files.len());
+        state.epoch = snapshot.epoch;
+        state.seq = snapshot.seq;
+        state.peers = snapshot.peers.into_iter().collect();
+        for (name, entry) in snapshot.files {
+            for token in tokenize(&name) {
+                state.tokens.entry(token).or_default().insert(name.clone());
+            }
+            if !entry.holders.is_empty() {
+                state.held_files += 1;
+            }
+            state.files.insert(name, entry);
+        }
+        state.leases = LeaseTable::from_leases(snapshot.leases);
+        state
     }
 
     pub fn peer_count(&self) -> usize {
@@ -479,15 +564,19 @@ impl IndexState {
         results
     }
 
-    /// A SHA-256 over the whole state in a canonical order: equal digests mean equal states.
+    /// A SHA-256 over the whole sequenced state in a canonical order: equal digests mean
+    /// equal states (liveness aside).
     pub fn digest(&self) -> String {
         let mut h = Sha256::new();
         h.update(self.seq.to_be_bytes());
+        h.update(self.epoch.as_bytes());
         let mut peer_ids: Vec<&String> = self.peers.keys().collect();
         peer_ids.sort();
         for id in peer_ids {
             let p = &self.peers[id];
-            let line = serde_json::to_string(&(id, p)).unwrap_or_default();
+            // Liveness is left out: it is not sequenced (see `touch`).
+            let line =
+                serde_json::to_string(&(id, &p.addr, &p.token_hash, &p.files)).unwrap_or_default();
             h.update(line.as_bytes());
         }
         let mut names: Vec<&String> = self.files.keys().collect();
@@ -1136,6 +1225,44 @@ pub(crate) mod tests {
         for file in &published {
             assert_eq!(entry.versions[&file.version].sha256, file.sha256);
         }
+    }
+
+    #[test]
+    fn a_restored_snapshot_equals_the_original_and_liveness_is_not_sequenced() {
+        let mut one = IndexState::default().with_epoch("e1".into());
+        one.apply(
+            register("a", vec![meta("x y", 1, "1"), meta("z", 1, "2")]),
+            1,
+        )
+        .unwrap();
+        one.apply(register("bb", vec![meta("x y", 1, "1")]), 2)
+            .unwrap();
+        one.apply(lease("a", "z", "L1", 100), 3).unwrap();
+        let (seq, digest) = (one.seq(), one.digest());
+        one.touch("bb", &hash_token("tok-bb"), 50).unwrap();
+        assert_eq!((one.seq(), one.digest()), (seq, digest.clone()));
+        assert!(one.touch("bb", &hash_token("guess"), 60).is_err());
+
+        let json = serde_json::to_string(&one.snapshot()).unwrap();
+        let mut two = IndexState::restore(serde_json::from_str(&json).unwrap());
+        assert_eq!(two.digest(), digest);
+        assert_eq!(two.epoch(), "e1");
+        assert_eq!(two.search("x", 10), one.search("x", 10));
+        assert_eq!(two.held_file_count(), one.held_file_count());
+        assert_eq!(two.peer("bb").unwrap().last_seen_ms, 50);
+        check_invariants(&two);
+        // Both go on the same way from there.
+        for (op, now) in [
+            (announce("a", meta("z", 2, "3"), Some("L1")), 60),
+            (heartbeat("bb", vec![], vec!["x y"]), 61),
+        ] {
+            one.apply(op.clone(), now).unwrap();
+            two.apply(op, now).unwrap();
+        }
+        assert_eq!(one.digest(), two.digest());
+        let mut three = IndexState::default();
+        three.set_liveness(&one.liveness());
+        assert_eq!(three.peer_count(), 0, "liveness of unknown peers is ignored");
     }
 
     /// Everything derived must agree with what it is derived from.

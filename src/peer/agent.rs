@@ -1,6 +1,7 @@
 //! The peer's background threads: the agent registers, heartbeats at the interval the index
 //! sets with the file-list changes the scanner queued, registers again whenever the index may
-//! have lost track of us, and hands the copy tasks the index sends to the task worker.
+//! have lost track of us, returns to the primary index once it answers again, and hands the
+//! copy tasks the index sends to the task worker.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -74,6 +75,8 @@ const RETRY: Duration = Duration::from_secs(1);
 /// Loops until `stop` is closed.
 pub fn run(peer: &Peer, stop: &Receiver<()>, tasks: &TaskQueue) {
     loop {
+        // Back to the primary as soon as it answers again (a no-op while it is in use).
+        peer.index.probe_primary();
         let wait = if peer.needs_register() {
             if register(peer, tasks) {
                 peer.heartbeat_interval()

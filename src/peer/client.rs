@@ -1,12 +1,18 @@
 //! The peer's client of the index: JSON calls with failover over the ordered server list given
-//! by `--index`. A connection error, a timeout or a 5xx moves the same request to the next
-//! server at once; a 4xx is an answer and is returned as such.
+//! by `--index` (the primary first, then its shadows). A connection error, a timeout or a 5xx
+//! moves the same request to the next server at once; so does a shadow's read-only refusal of
+//! a write. Any other 4xx is an answer and is returned as such.
+//!
+//! The client sticks to the server that last answered, so that while the primary is down (or
+//! frozen, which costs a full timeout per try) reads go straight to a shadow; `probe_primary`,
+//! called from the agent's loop, moves it back once the primary answers again.
 //!
 //! Every request goes out with `Connection: close`. tiny_http 0.12 keeps a pool thread on each
 //! keep-alive connection for the connection's whole life, and under a burst of new connections
 //! it can queue one behind threads that never come free; one request per connection means a
 //! pool thread is back within one request, so no nap client can be stalled that way.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -29,6 +35,8 @@ pub enum ClientError {
     Api { status: u16, body: ErrorBody },
     /// A server answered 2xx with something we could not read.
     BadAnswer(String),
+    /// Only read-only shadows answered a write: the primary is down.
+    ReadOnly,
 }
 
 impl ClientError {
@@ -46,6 +54,9 @@ impl std::fmt::Display for ClientError {
             }
             ClientError::Api { status, body } => write!(f, "{} (HTTP {status})", body.error),
             ClientError::BadAnswer(why) => write!(f, "unreadable answer from the index: {why}"),
+            ClientError::ReadOnly => f.write_str(
+                "index is read-only while the primary is down; try again later",
+            ),
         }
     }
 }
@@ -71,6 +82,8 @@ pub fn http_agent(connect: Duration, answer: Duration) -> ureq::Agent {
 pub struct IndexClient {
     servers: Vec<String>,
     agent: ureq::Agent,
+    /// The server tried first: the one that last answered.
+    current: AtomicUsize,
 }
 
 impl IndexClient {
@@ -92,11 +105,45 @@ impl IndexClient {
         IndexClient {
             servers,
             agent: http_agent(timeout / 4, timeout),
+            current: AtomicUsize::new(0),
         }
     }
 
     pub fn servers(&self) -> &[String] {
         &self.servers
+    }
+
+    /// The server requests go to first.
+    pub fn current(&self) -> &str {
+        self.servers
+            .get(self.current.load(Ordering::Relaxed))
+            .map_or("", String::as_str)
+    }
+
+    /// While a later server is in use, asks the first (the primary) for its status and moves
+    /// back to it when it answers as a primary. Returns whether it moved.
+    pub fn probe_primary(&self) -> bool {
+        if self.current.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let Some(primary) = self.servers.first() else {
+            return false;
+        };
+        let url = format!("{primary}{}", protocol::PATH_STATUS);
+        let answered = self
+            .agent
+            .get(&url)
+            .header("Connection", "close")
+            .call()
+            .ok()
+            .filter(|r| r.status().as_u16() == 200)
+            .and_then(|r| r.into_body().read_json::<StatusResponse>().ok());
+        if answered.is_some_and(|s| s.role == "primary") {
+            log::info!("the primary {primary} answers again; using it");
+            self.current.store(0, Ordering::Relaxed);
+            return true;
+        }
+        false
     }
 
     pub fn register(&self, rq: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
@@ -158,14 +205,19 @@ impl IndexClient {
         self.call(path, Some(body))
     }
 
-    /// Sends the request to each server in turn until one answers (2xx or 4xx).
+    /// Sends the request to each server in turn, starting with the current one, until one
+    /// answers (2xx, or a 4xx other than a shadow's read-only refusal).
     fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
         let mut tries = Vec::new();
-        for server in &self.servers {
+        let mut read_only = false;
+        let first = self.current.load(Ordering::Relaxed);
+        let n = self.servers.len();
+        for i in (0..n).map(|k| (first + k) % n) {
+            let server = &self.servers[i];
             let url = format!("{server}{path}");
             let sent = match body {
                 Some(b) => self
@@ -201,7 +253,7 @@ impl IndexClient {
                 continue;
             }
             if status >= 400 {
-                let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
                     ErrorBody::new(
                         String::from_utf8_lossy(&bytes)
                             .chars()
@@ -209,11 +261,29 @@ impl IndexClient {
                             .collect::<String>(),
                     )
                 });
+                if status == 403 && body.primary.is_some() {
+                    // A shadow: fine for reads, not for this write. Try the others.
+                    read_only = true;
+                    tries.push(format!("{server}: read-only shadow"));
+                    continue;
+                }
+                self.use_server(i);
                 return Err(ClientError::Api { status, body });
             }
+            self.use_server(i);
             return serde_json::from_slice(&bytes)
                 .map_err(|e| ClientError::BadAnswer(format!("{server}{path}: {e}")));
         }
+        if read_only {
+            return Err(ClientError::ReadOnly);
+        }
         Err(ClientError::Unavailable(tries))
+    }
+
+    fn use_server(&self, i: usize) {
+        let before = self.current.swap(i, Ordering::Relaxed);
+        if before != i {
+            log::warn!("index server now in use: {}", self.servers[i]);
+        }
     }
 }

@@ -297,12 +297,29 @@ fn status(peer: &Peer, out: &mut impl Write) -> io::Result<()> {
         peer.addr()
     )?;
     writeln!(out, "files shared: {}", peer.store.list().len())?;
-    writeln!(out, "index servers: {}", peer.index.servers().join(", "))?;
+    let current = peer.index.current();
+    let servers: Vec<String> = peer
+        .index
+        .servers()
+        .iter()
+        .map(|s| {
+            if s == current {
+                format!("{s} (in use)")
+            } else {
+                s.clone()
+            }
+        })
+        .collect();
+    writeln!(out, "index servers: {}", servers.join(", "))?;
     match peer.index.status() {
         Ok(s) => writeln!(
             out,
-            "index: {} with {} peer(s) and {} file(s), seq {}",
-            s.role, s.peers, s.files, s.seq
+            "index: {} {} with {} peer(s) and {} file(s), seq {}",
+            s.role,
+            peer.index.current(),
+            s.peers,
+            s.files,
+            s.seq
         ),
         Err(e) => writeln!(out, "index: unreachable ({e})"),
     }
