@@ -79,8 +79,11 @@ fn role(args: &Args) -> Role {
 }
 
 fn seconds(flag: &str, value: f64) -> Duration {
-    Duration::try_from_secs_f64(value)
-        .unwrap_or_else(|_| usage(&format!("--{flag} must be a non-negative number of seconds")))
+    Duration::try_from_secs_f64(value).unwrap_or_else(|_| {
+        usage(&format!(
+            "--{flag} must be a non-negative number of seconds"
+        ))
+    })
 }
 
 fn main() {

@@ -254,6 +254,10 @@ pub struct StatusResponse {
     /// On a primary: each shadow's acknowledged sequence number and lag.
     #[serde(default)]
     pub shadows: Vec<ShadowState>,
+    /// With `?digest=1`: a hash of the whole sequenced state; equal at equal `seq` on a
+    /// primary and its shadows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// One shadow as its primary sees it.

@@ -30,7 +30,9 @@ pub enum ApiError {
     MethodNotAllowed(&'static str),
     Conflict(String),
     /// A write sent to a read-only shadow; names the primary.
-    ReadOnly { primary: String },
+    ReadOnly {
+        primary: String,
+    },
     /// Someone else holds the lease: the answer says who and for how long.
     LeaseHeld {
         message: String,
@@ -203,7 +205,7 @@ fn route(index: &Index, request: &mut Request) -> Result<Reply, ApiError> {
         }
         protocol::PATH_STATUS => {
             expect(Method::Get, "GET")?;
-            Ok(status(index))
+            status(index, query)
         }
         protocol::PATH_SYNC => {
             expect(Method::Post, "POST")?;
@@ -214,7 +216,11 @@ fn route(index: &Index, request: &mut Request) -> Result<Reply, ApiError> {
                 ));
             }
             // A batch carries up to a thousand ops, each up to --max-body.
-            let limit = index.config().max_body.saturating_mul(4).saturating_add(1 << 20);
+            let limit = index
+                .config()
+                .max_body
+                .saturating_mul(4)
+                .saturating_add(1 << 20);
             let rq: SyncRequest = read_json_limited(request, limit)?;
             Ok(Reply::json(200, &index.apply_sync(rq)))
         }
@@ -262,7 +268,10 @@ fn check_secret(index: &Index, request: &Request) -> Result<(), ApiError> {
 }
 
 /// Reads at most `max` bytes and decodes them; never buffers more than the limit.
-fn read_json_limited<T: DeserializeOwned>(request: &mut Request, max: usize) -> Result<T, ApiError> {
+fn read_json_limited<T: DeserializeOwned>(
+    request: &mut Request,
+    max: usize,
+) -> Result<T, ApiError> {
     if request.body_length().is_some_and(|len| len > max) {
         return Err(ApiError::TooLarge(max));
     }
@@ -642,8 +651,12 @@ fn search(index: &Index, query: &str) -> Result<Reply, ApiError> {
     Ok(Reply::json(200, &SearchResponse { results }))
 }
 
-fn status(index: &Index) -> Reply {
-    let (peers, files, seq, leases, epoch) = {
+/// `GET /status`; with `?digest=1` also the state digest (it costs a pass over the state).
+fn status(index: &Index, query: &str) -> Result<Reply, ApiError> {
+    let with_digest = query_params(query)?
+        .iter()
+        .any(|(key, value)| *key == "digest" && matches!(value.as_str(), "1" | "true"));
+    let (peers, files, seq, leases, epoch, digest) = {
         let state = index.read();
         (
             state.peer_count(),
@@ -651,6 +664,7 @@ fn status(index: &Index) -> Reply {
             state.seq(),
             state.leases().len(),
             state.epoch().to_string(),
+            with_digest.then(|| state.digest()),
         )
     };
     let config = index.config();
@@ -658,7 +672,7 @@ fn status(index: &Index) -> Reply {
         Role::Primary { .. } => ("primary", None),
         Role::Shadow { primary } => ("shadow", Some(primary.clone())),
     };
-    Reply::json(
+    Ok(Reply::json(
         200,
         &StatusResponse {
             role: role.into(),
@@ -674,8 +688,9 @@ fn status(index: &Index) -> Reply {
             peer_timeout_ms: config.peer_timeout.as_millis() as u64,
             leases,
             lease_ttl_ms: config.lease_ttl.as_millis() as u64,
+            digest,
         },
-    )
+    ))
 }
 
 #[cfg(test)]

@@ -90,7 +90,9 @@ impl LeaseTable {
     pub fn from_leases(leases: Vec<Lease>) -> LeaseTable {
         let mut table = LeaseTable::default();
         for lease in leases {
-            table.by_id.insert(lease.lease_id.clone(), lease.file.clone());
+            table
+                .by_id
+                .insert(lease.lease_id.clone(), lease.file.clone());
             table.by_file.insert(lease.file.clone(), lease);
         }
         table

@@ -336,7 +336,8 @@ impl IndexServer {
             Role::Shadow { primary } => {
                 let (wanted, wants) = crossbeam_channel::bounded(1);
                 index.resync = Some(wanted);
-                let (primary, stopped) = (primary.trim_end_matches('/').to_string(), stopped.clone());
+                let (primary, stopped) =
+                    (primary.trim_end_matches('/').to_string(), stopped.clone());
                 background.push((
                     "catch-up".into(),
                     Box::new(move |index: Arc<Index>| {

@@ -255,7 +255,12 @@ impl IndexState {
 
     /// Records that `peer_id` is alive at `now`, checking its token. Liveness is not a
     /// sequenced change: it is shipped to shadows in batches (`set_liveness`).
-    pub fn touch(&mut self, peer_id: &str, token_hash: &str, now: Millis) -> Result<(), StateError> {
+    pub fn touch(
+        &mut self,
+        peer_id: &str,
+        token_hash: &str,
+        now: Millis,
+    ) -> Result<(), StateError> {
         let peer = self.authed_peer(peer_id, token_hash)?;
         peer.last_seen_ms = peer.last_seen_ms.max(now);
         Ok(())
@@ -286,8 +291,16 @@ impl IndexState {
         Snapshot {
             epoch: self.epoch.clone(),
             seq: self.seq,
-            peers: self.peers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            files: self.files.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            peers: self
+                .peers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            files: self
+                .files
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             leases: self.leases.canonical().into_values().cloned().collect(),
         }
     }
@@ -1262,7 +1275,11 @@ pub(crate) mod tests {
         assert_eq!(one.digest(), two.digest());
         let mut three = IndexState::default();
         three.set_liveness(&one.liveness());
-        assert_eq!(three.peer_count(), 0, "liveness of unknown peers is ignored");
+        assert_eq!(
+            three.peer_count(),
+            0,
+            "liveness of unknown peers is ignored"
+        );
     }
 
     /// Everything derived must agree with what it is derived from.

@@ -24,8 +24,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde::{Deserialize, Serialize};
 
 use super::state::{Millis, Op, Snapshot};
-use crate::protocol::ShadowState;
 use super::Index;
+use crate::protocol::ShadowState;
 
 /// Header carrying the shared secret on replication requests.
 pub const HEADER_SECRET: &str = "X-Nap-Cluster-Secret";
@@ -168,7 +168,10 @@ fn stopped(stop: &Receiver<()>, wait: Duration) -> bool {
 pub fn push(index: &Index, log: &OpLog, link: &ShadowLink, secret: &str, stop: &Receiver<()>) {
     let agent = agent(Duration::from_secs(5));
     let url = format!("{}{}", link.url, crate::protocol::PATH_SYNC);
-    let liveness_every = index.config().heartbeat_interval.max(Duration::from_millis(100));
+    let liveness_every = index
+        .config()
+        .heartbeat_interval
+        .max(Duration::from_millis(100));
     let mut acked = 0u64;
     let mut liveness_sent: Option<Instant> = None;
     let mut backoff = MIN_BACKOFF;
@@ -322,6 +325,9 @@ mod tests {
         assert!(log.after(5, 10).is_empty());
         let t = Instant::now();
         log.wait_after(4, Duration::from_secs(5));
-        assert!(t.elapsed() < Duration::from_secs(5), "op 5 is already there");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "op 5 is already there"
+        );
     }
 }

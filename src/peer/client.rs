@@ -54,9 +54,9 @@ impl std::fmt::Display for ClientError {
             }
             ClientError::Api { status, body } => write!(f, "{} (HTTP {status})", body.error),
             ClientError::BadAnswer(why) => write!(f, "unreadable answer from the index: {why}"),
-            ClientError::ReadOnly => f.write_str(
-                "index is read-only while the primary is down; try again later",
-            ),
+            ClientError::ReadOnly => {
+                f.write_str("index is read-only while the primary is down; try again later")
+            }
         }
     }
 }

@@ -159,6 +159,16 @@ impl Proc {
         }
     }
 
+    /// Sends a signal by name ("STOP", "CONT", ...).
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} {}", self.pid());
+    }
+
     /// SIGKILL: no chance to unregister or clean up.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -210,6 +220,41 @@ pub fn start_index_on(listen: &str, extra: &[&str]) -> IndexProc {
     let line = proc.wait_stdout("listening on");
     let url = line.rsplit(' ').next().unwrap().to_string();
     IndexProc { proc, url }
+}
+
+/// A free port on 127.0.0.1 (bound, then released: good enough for a test that starts its
+/// server right away).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub const SECRET: &str = "test-cluster-secret";
+
+/// Starts a primary on `port` replicating to `shadow_url`, with the test secret.
+pub fn start_primary(port: u16, shadow_url: &str, extra: &[&str]) -> IndexProc {
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["--shadow", shadow_url, "--cluster-secret", SECRET];
+    args.extend_from_slice(extra);
+    start_index_on(&listen, &args)
+}
+
+/// Starts a read-only shadow on `port` following `primary_url`, with the test secret.
+pub fn start_shadow(port: u16, primary_url: &str, extra: &[&str]) -> IndexProc {
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "--role",
+        "shadow",
+        "--primary",
+        primary_url,
+        "--cluster-secret",
+        SECRET,
+    ];
+    args.extend_from_slice(extra);
+    start_index_on(&listen, &args)
 }
 
 /// A running peer, its shared folder and the address it serves files on.
