@@ -325,7 +325,7 @@ fn late_and_restarted_shadows_converge_under_writes() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 n += 1;
                 publish(&url, &writer, "log.txt", &n.to_string());
-                if n % 10 == 0 {
+                if n.is_multiple_of(10) {
                     register(&url, 9200 + (n % 500) as u16, vec![file("x", 1, "x")]);
                 }
             }

@@ -307,46 +307,28 @@ impl IndexServer {
         let (server, addr) = crate::net::http_server(&config.listen)?;
         let server = Arc::new(server);
         let workers = config.workers.max(1);
-        let mut index = Index::new(config.clone(), crate::net::now_ms)?;
         let (stop, stopped): (Sender<()>, Receiver<()>) = crossbeam_channel::bounded(0);
-        let mut background: Vec<(String, Box<dyn FnOnce(Arc<Index>) + Send>)> = Vec::new();
+
+        // The replication pieces are made first: the index holds its ends of them.
+        let mut index = Index::new(config.clone(), crate::net::now_ms)?;
+        let mut catch_up = None;
         match &config.role {
-            Role::Primary { shadows } => {
-                if !shadows.is_empty() {
-                    let log = Arc::new(OpLog::new(config.sync_log));
-                    index.log = Some(log.clone());
-                    for url in shadows {
-                        let link = Arc::new(ShadowLink::new(url.trim_end_matches('/').into()));
-                        index.shadows.push(link.clone());
-                        let (log, secret, stopped) = (log.clone(), secret.clone(), stopped.clone());
-                        background.push((
-                            format!("push-{}", index.shadows.len()),
-                            Box::new(move |index: Arc<Index>| {
-                                sync::push(&index, &log, &link, &secret, &stopped)
-                            }),
-                        ));
-                    }
-                }
-                let stopped = stopped.clone();
-                background.push((
-                    "sweeper".into(),
-                    Box::new(move |index: Arc<Index>| sweep::run(&index, &stopped)),
-                ));
+            Role::Primary { shadows } if !shadows.is_empty() => {
+                index.log = Some(Arc::new(OpLog::new(config.sync_log)));
+                index.shadows = shadows
+                    .iter()
+                    .map(|url| Arc::new(ShadowLink::new(url.trim_end_matches('/').into())))
+                    .collect();
             }
+            Role::Primary { .. } => {}
             Role::Shadow { primary } => {
                 let (wanted, wants) = crossbeam_channel::bounded(1);
                 index.resync = Some(wanted);
-                let (primary, stopped) =
-                    (primary.trim_end_matches('/').to_string(), stopped.clone());
-                background.push((
-                    "catch-up".into(),
-                    Box::new(move |index: Arc<Index>| {
-                        sync::catch_up(&index, &primary, &secret, &wants, &stopped)
-                    }),
-                ));
+                catch_up = Some((primary.trim_end_matches('/').to_string(), wants));
             }
         }
         let index = Arc::new(index);
+
         let mut threads = Vec::new();
         for n in 0..workers {
             let (index, server) = (index.clone(), server.clone());
@@ -354,9 +336,29 @@ impl IndexServer {
                 http::serve(&index, &server)
             })?);
         }
-        for (name, run) in background {
-            let index = index.clone();
-            threads.push(spawn(name, move || run(index))?);
+        if let Some(log) = &index.log {
+            for (n, link) in index.shadows.iter().enumerate() {
+                let (index, log, link) = (index.clone(), log.clone(), link.clone());
+                let (secret, stopped) = (secret.clone(), stopped.clone());
+                threads.push(spawn(format!("push-{n}"), move || {
+                    sync::push(&index, &log, &link, &secret, &stopped)
+                })?);
+            }
+        }
+        match catch_up {
+            Some((primary, wants)) => {
+                let (index, stopped) = (index.clone(), stopped.clone());
+                threads.push(spawn("catch-up".into(), move || {
+                    sync::catch_up(&index, &primary, &secret, &wants, &stopped)
+                })?);
+            }
+            // Only a primary prunes and expires: a shadow changes by its primary's ops alone.
+            None => {
+                let (index, stopped) = (index.clone(), stopped.clone());
+                threads.push(spawn("sweeper".into(), move || {
+                    sweep::run(&index, &stopped)
+                })?);
+            }
         }
         log::info!(
             "index listening on {addr} as {}",
