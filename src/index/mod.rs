@@ -403,3 +403,131 @@ impl IndexServer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::state::{hash_token, tests::meta};
+    use super::*;
+
+    static NOW: AtomicU64 = AtomicU64::new(1_000);
+
+    fn clock() -> Millis {
+        NOW.load(Ordering::Relaxed)
+    }
+
+    fn register(id: &str, files: Vec<crate::protocol::FileMeta>) -> Op {
+        Op::Register {
+            peer_id: id.into(),
+            token_hash: hash_token(id),
+            addr: "127.0.0.1:9".into(),
+            files,
+        }
+    }
+
+    /// Ships what the shadow lacks, as the pusher would.
+    fn push(primary: &Index, shadow: &Index) -> SyncResponse {
+        let log = primary.log.as_ref().unwrap();
+        let (epoch, liveness) = {
+            let state = primary.read();
+            (state.epoch().to_string(), state.liveness())
+        };
+        let ops = log.after(shadow.read().seq(), 1000);
+        shadow.apply_sync(SyncRequest {
+            epoch,
+            ops,
+            liveness,
+        })
+    }
+
+    #[test]
+    fn a_shadow_fed_the_op_stream_equals_its_primary_after_every_op() {
+        let config = IndexConfig {
+            peer_timeout: Duration::from_millis(500),
+            ..IndexConfig::default()
+        };
+        let mut primary = Index::new(config.clone(), clock).unwrap();
+        primary.log = Some(Arc::new(OpLog::new(1000)));
+        let shadow_config = IndexConfig {
+            role: Role::Shadow {
+                primary: "http://primary".into(),
+            },
+            ..config
+        };
+        let shadow = Index::new(shadow_config, clock).unwrap();
+        let ops = vec![
+            register("a", vec![meta("doc", 1, "v1"), meta("x y", 1, "x")]),
+            register("b", vec![meta("doc", 1, "v1")]),
+            Op::AcquireLease {
+                peer_id: "a".into(),
+                token_hash: hash_token("a"),
+                file: "doc".into(),
+                lease_id: "00aa".into(),
+                ttl_ms: 100,
+            },
+            Op::Announce {
+                peer_id: "a".into(),
+                token_hash: hash_token("a"),
+                file: meta("doc", 2, "v2"),
+                lease_id: Some("00aa".into()),
+            },
+            Op::Heartbeat {
+                peer_id: "b".into(),
+                token_hash: hash_token("b"),
+                added: vec![meta("new", 1, "n")],
+                removed: vec!["doc".into()],
+            },
+            // Refused on the primary: never shipped, and the shadow still matches.
+            register("b", vec![meta("doc", 1, "not v1")]),
+            Op::AcquireLease {
+                peer_id: "b".into(),
+                token_hash: hash_token("b"),
+                file: "x y".into(),
+                lease_id: "00bb".into(),
+                ttl_ms: 100,
+            },
+        ];
+        for op in ops {
+            let _ = primary.submit(op);
+            NOW.fetch_add(10, Ordering::Relaxed);
+            assert!(!push(&primary, &shadow).need_snapshot);
+            assert_eq!(shadow.read().seq(), primary.read().seq());
+            assert_eq!(shadow.read().digest(), primary.read().digest());
+        }
+        // The sweeps are ops too.
+        primary.touch("a", &hash_token("a")).unwrap();
+        NOW.fetch_add(1_000, Ordering::Relaxed);
+        assert!(!primary.expire_leases().is_empty());
+        assert_eq!(
+            primary.prune_silent(),
+            vec!["a".to_string(), "b".to_string()]
+        );
+        assert!(!push(&primary, &shadow).need_snapshot);
+        assert_eq!(shadow.read().digest(), primary.read().digest());
+        assert_eq!(shadow.read().peer_count(), 0);
+
+        // A shadow that missed ops asks for a snapshot, and equals the primary after it.
+        let late = Index::new(
+            IndexConfig {
+                role: Role::Shadow {
+                    primary: "http://primary".into(),
+                },
+                ..IndexConfig::default()
+            },
+            clock,
+        )
+        .unwrap();
+        primary.submit(register("c", vec![])).unwrap();
+        let answer = late.apply_sync(SyncRequest {
+            epoch: primary.read().epoch().to_string(),
+            ops: primary.log.as_ref().unwrap().after(5, 1000),
+            liveness: Vec::new(),
+        });
+        assert!(answer.need_snapshot);
+        assert_eq!(late.read().seq(), 0, "nothing applied across the gap");
+        assert!(late.install_snapshot(primary.snapshot()));
+        assert_eq!(late.read().digest(), primary.read().digest());
+        assert!(!late.install_snapshot(primary.snapshot()), "not twice");
+    }
+}

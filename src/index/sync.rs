@@ -63,52 +63,72 @@ pub struct SyncResponse {
     pub need_snapshot: bool,
 }
 
-/// The recent ops, for the pushers. Bounded: when full, the oldest op goes, and a shadow that
-/// still needed it catches up by snapshot.
+/// The recent ops, for the pushers. Bounded by weight (an op weighs one, plus one per file
+/// it lists, so a few huge registers cannot hold much memory): when full, the oldest ops go,
+/// and a shadow that still needed them catches up by snapshot.
 pub struct OpLog {
-    ops: Mutex<VecDeque<SyncOp>>,
+    ops: Mutex<Kept>,
     grew: Condvar,
     capacity: usize,
+}
+
+#[derive(Default)]
+struct Kept {
+    ops: VecDeque<SyncOp>,
+    weight: usize,
+}
+
+fn weight(op: &Op) -> usize {
+    1 + match op {
+        Op::Register { files, .. } => files.len(),
+        Op::Heartbeat { added, removed, .. } => added.len() + removed.len(),
+        Op::Prune { peers } => peers.len(),
+        Op::ExpireLeases { lease_ids } => lease_ids.len(),
+        _ => 0,
+    }
 }
 
 impl OpLog {
     pub fn new(capacity: usize) -> OpLog {
         OpLog {
-            ops: Mutex::new(VecDeque::with_capacity(capacity.min(4096))),
+            ops: Mutex::new(Kept::default()),
             grew: Condvar::new(),
             capacity: capacity.max(1),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, VecDeque<SyncOp>> {
+    fn lock(&self) -> MutexGuard<'_, Kept> {
         self.ops.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Appends the op just applied. Called under the state's write lock, so the log is in
     /// sequence order.
     pub fn push(&self, op: SyncOp) {
-        let mut ops = self.lock();
-        if ops.len() == self.capacity {
-            ops.pop_front();
+        let mut kept = self.lock();
+        kept.weight += weight(&op.op);
+        kept.ops.push_back(op);
+        while kept.weight > self.capacity && kept.ops.len() > 1 {
+            if let Some(old) = kept.ops.pop_front() {
+                kept.weight -= weight(&old.op);
+            }
         }
-        ops.push_back(op);
         self.grew.notify_all();
     }
 
     /// Up to `max` ops after `seq`, oldest first. If ops after `seq` have already been dropped
     /// the batch starts at the oldest kept, and the shadow will see the gap.
     pub fn after(&self, seq: u64, max: usize) -> Vec<SyncOp> {
-        let ops = self.lock();
-        let start = ops.partition_point(|o| o.seq <= seq);
-        ops.range(start..).take(max).cloned().collect()
+        let kept = self.lock();
+        let start = kept.ops.partition_point(|o| o.seq <= seq);
+        kept.ops.range(start..).take(max).cloned().collect()
     }
 
     /// Waits until an op after `seq` is in the log, or `timeout` passes.
     pub fn wait_after(&self, seq: u64, timeout: Duration) {
-        let ops = self.lock();
-        let _ = self
-            .grew
-            .wait_timeout_while(ops, timeout, |ops| ops.back().is_none_or(|o| o.seq <= seq));
+        let kept = self.lock();
+        let _ = self.grew.wait_timeout_while(kept, timeout, |kept| {
+            kept.ops.back().is_none_or(|o| o.seq <= seq)
+        });
     }
 }
 
