@@ -252,9 +252,21 @@ fn a_killed_primary_leaves_reads_working_and_writes_read_only_until_it_returns()
         "{line}"
     );
 
-    // The primary comes back (empty: durability is another matter); the peers register with
-    // it again, and the shell's peer goes back to it.
+    // The primary comes back, recovers the state from its shadow (nothing is lost on either),
+    // and the shell's peer goes back to it.
+    let before = status(&pair.surl);
     let primary = start_primary(pair.pport, &pair.surl, &[]);
+    poll_until("the primary says it recovered from the shadow", || {
+        primary
+            .proc
+            .stderr_lines()
+            .into_iter()
+            .find(|l| l.contains("recovered the index state"))
+    });
+    let after = status(&primary.url);
+    assert!(after["seq"].as_u64() >= before["seq"].as_u64(), "{after}");
+    assert_ne!(after["epoch"], before["epoch"], "a recovered primary starts a new epoch");
+    assert_eq!(holders(&pair.surl, "doc.txt").len(), 1);
     poll_until("the peer is back on the primary", || {
         let line = pair.b.proc.command("status", "index servers");
         line.contains(&format!("{} (in use)", pair.purl))

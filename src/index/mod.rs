@@ -110,6 +110,18 @@ impl Index {
         })
     }
 
+    /// Takes over `snapshot`'s state as a primary: the same content under a new epoch (so a
+    /// shadow never mixes two primaries' ops), with every peer given a fresh peer timeout.
+    fn recover(&mut self, snapshot: Snapshot) -> io::Result<()> {
+        let mut state = IndexState::restore(Snapshot {
+            epoch: crate::net::random_hex(8)?,
+            ..snapshot
+        });
+        state.touch_all((self.clock)());
+        *self.state.get_mut().unwrap_or_else(|e| e.into_inner()) = state;
+        Ok(())
+    }
+
     fn write(&self) -> RwLockWriteGuard<'_, IndexState> {
         self.state.write().unwrap_or_else(|e| e.into_inner())
     }
@@ -314,6 +326,14 @@ impl IndexServer {
         let mut catch_up = None;
         match &config.role {
             Role::Primary { shadows } if !shadows.is_empty() => {
+                if let Some((shadow, snapshot)) = sync::recover(shadows, &secret) {
+                    log::warn!(
+                        "recovered the index state at seq {} ({} peers) from shadow {shadow}",
+                        snapshot.seq,
+                        snapshot.peers.len()
+                    );
+                    index.recover(snapshot)?;
+                }
                 index.log = Some(Arc::new(OpLog::new(config.sync_log)));
                 index.shadows = shadows
                     .iter()

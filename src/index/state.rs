@@ -266,6 +266,14 @@ impl IndexState {
         Ok(())
     }
 
+    /// Counts every peer as seen at `now`: after a restart, peers get a full peer timeout to
+    /// show they are alive before they are pruned.
+    pub fn touch_all(&mut self, now: Millis) {
+        for peer in self.peers.values_mut() {
+            peer.last_seen_ms = peer.last_seen_ms.max(now);
+        }
+    }
+
     /// Every peer's last sign of life, sorted by id.
     pub fn liveness(&self) -> Vec<(String, Millis)> {
         let mut seen: Vec<(String, Millis)> = self

@@ -319,6 +319,26 @@ fn fetch_snapshot(agent: &ureq::Agent, url: &str, secret: &str) -> Result<Snapsh
         .map_err(|e| e.to_string())
 }
 
+/// A primary starting empty asks its shadows for their state: after a crash they hold all it
+/// had, up to the last push. Returns the most advanced snapshot and the shadow it came from.
+pub fn recover(shadows: &[String], secret: &str) -> Option<(String, Snapshot)> {
+    let agent = agent(Duration::from_secs(2));
+    shadows
+        .iter()
+        .filter_map(|shadow| {
+            let url = format!("{shadow}{}", crate::protocol::PATH_SNAPSHOT);
+            match fetch_snapshot(&agent, &url, secret) {
+                Ok(snapshot) if !snapshot.epoch.is_empty() => Some((shadow.clone(), snapshot)),
+                Ok(_) => None,
+                Err(e) => {
+                    log::info!("no state to recover from shadow {shadow}: {e}");
+                    None
+                }
+            }
+        })
+        .max_by_key(|(_, snapshot)| snapshot.seq)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
