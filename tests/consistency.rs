@@ -260,29 +260,6 @@ fn leases_are_guarded_and_an_expired_lease_cannot_publish() {
     assert_eq!(lease(url, &a, "doc.txt").status, 200);
 }
 
-/// An editor that appends a line, then waits until `release` exists (or a minute passes),
-/// so the test decides when the edit ends.
-fn waiting_editor(dir: &std::path::Path, release: &std::path::Path) -> String {
-    script(
-        dir,
-        "slow-editor.sh",
-        &format!(
-            "echo 'edited' >> \"$1\"\necho \"editor open on $1\"\n\
-             i=0\nwhile [ ! -e '{}' ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n",
-            release.display()
-        ),
-    )
-}
-
-/// Creates the release file when dropped, so the editor script ends even if the test fails.
-struct ReleaseOnDrop(std::path::PathBuf);
-
-impl Drop for ReleaseOnDrop {
-    fn drop(&mut self) {
-        let _ = fs::write(&self.0, b"");
-    }
-}
-
 #[test]
 fn a_long_edit_keeps_its_lease_and_a_killed_editor_frees_the_file_after_the_ttl() {
     // A long peer timeout: the file must be freed by the lease's expiry, not by pruning.

@@ -265,7 +265,10 @@ fn a_killed_primary_leaves_reads_working_and_writes_read_only_until_it_returns()
     });
     let after = status(&primary.url);
     assert!(after["seq"].as_u64() >= before["seq"].as_u64(), "{after}");
-    assert_ne!(after["epoch"], before["epoch"], "a recovered primary starts a new epoch");
+    assert_ne!(
+        after["epoch"], before["epoch"],
+        "a recovered primary starts a new epoch"
+    );
     assert_eq!(holders(&pair.surl, "doc.txt").len(), 1);
     poll_until("the peer is back on the primary", || {
         let line = pair.b.proc.command("status", "index servers");
@@ -376,4 +379,43 @@ fn late_and_restarted_shadows_converge_under_writes() {
         .stderr_lines()
         .iter()
         .any(|l| l.contains("snapshot")));
+}
+
+/// The primary takes the publish and freezes before answering: the shell says the publish is
+/// not confirmed and keeps the edit; once the primary resumes (and applies it), the peer
+/// settles it: the new version is in its folder and on the index, held by it.
+#[test]
+fn a_publish_the_frozen_primary_applies_late_is_settled() {
+    let index = start_index(&[]);
+    let url = index.url.clone();
+    let a = tempfile::tempdir().unwrap();
+    fs::write(a.path().join("doc.txt"), b"v1\n").unwrap();
+    let tools = tempfile::tempdir().unwrap();
+    let release = tools.path().join("release");
+    let _release = ReleaseOnDrop(release.clone());
+    let editor = waiting_editor(tools.path(), &release);
+    let mut pa = start_editing_peer(a.path(), &url, &editor, &["--index-timeout", "1"]);
+    pa.proc.send("update doc.txt");
+    pa.proc.wait_stdout("editor open on");
+    index.proc.signal("STOP");
+    fs::write(&release, b"").unwrap();
+    let line = pa.proc.wait_stdout("NOT confirmed");
+    assert!(line.contains("doc.txt"), "{line}");
+    assert_eq!(fs::read(a.path().join("doc.txt")).unwrap(), b"v1\n");
+    index.proc.signal("CONT");
+    poll_until("the late publish is settled", || {
+        (fs::read(a.path().join("doc.txt")).ok()? == b"v1\nedited\n").then_some(())
+    });
+    let r = search(&url, "doc.txt");
+    assert_eq!(r[0]["version"], 2);
+    assert_eq!(r[0]["sha256"], sha256_hex(b"v1\nedited\n"));
+    poll_until("the peer is listed as the holder of v2", || {
+        let info = get(&format!("{url}/file?name=doc.txt")).json();
+        (info["holders"][0]["version"] == 2).then_some(())
+    });
+    assert!(pa
+        .proc
+        .stderr_lines()
+        .iter()
+        .any(|l| l.contains("published after all")));
 }

@@ -154,6 +154,12 @@ impl Index {
         self.write().touch(peer_id, token_hash, now)
     }
 
+    /// Counts every peer as alive now (not an op: liveness is not sequenced).
+    pub fn touch_all(&self) {
+        let now = (self.clock)();
+        self.write().touch_all(now);
+    }
+
     /// Read access for searches and status; readers wait for at most one `apply`.
     pub fn read(&self) -> RwLockReadGuard<'_, IndexState> {
         self.state.read().unwrap_or_else(|e| e.into_inner())

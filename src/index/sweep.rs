@@ -1,8 +1,9 @@
 //! The sweeper: a background thread that removes peers silent for longer than the peer
-//! timeout (with their holdings and leases) and leases past their expiry. It decides nothing
+//! timeout (with their holdings and leases) and leases past their expiry. After the index
+//! itself stood still, it forgives the silence it caused. It decides nothing
 //! itself: `Index::prune_silent` and `Index::expire_leases` find what is due and apply one op.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
@@ -15,10 +16,24 @@ pub fn run(index: &Index, stop: &Receiver<()>) {
     let config = index.config();
     let tick = (config.peer_timeout.min(config.lease_ttl) / 4)
         .clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut last = Instant::now();
     loop {
         match stop.recv_timeout(tick) {
             Err(RecvTimeoutError::Timeout) => {}
             _ => return,
+        }
+        // If this thread woke far later than asked, the whole index stood still (stopped,
+        // swapped out, a VM paused): the peers were not silent, we were not listening. They
+        // get a fresh timeout instead of being pruned for our stall.
+        let slept = last.elapsed();
+        last = Instant::now();
+        if slept > tick + config.peer_timeout / 2 {
+            log::warn!(
+                "the index stood still for {:.1} s; giving every peer a fresh timeout",
+                slept.as_secs_f64()
+            );
+            index.touch_all();
+            continue;
         }
         let pruned = index.prune_silent();
         if !pruned.is_empty() {

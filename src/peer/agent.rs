@@ -87,6 +87,8 @@ pub fn run(peer: &Peer, stop: &Receiver<()>, tasks: &TaskQueue) {
             match peer.heartbeat() {
                 Ok(response) => {
                     tasks.offer(response.tasks);
+                    // The index takes writes again: settle what it left unanswered.
+                    peer.settle_in_doubt();
                     peer.heartbeat_interval()
                 }
                 // The index forgot us (restart, prune): register again right away.
@@ -127,6 +129,7 @@ pub fn register(peer: &Peer, tasks: &TaskQueue) -> bool {
     match peer.register() {
         Ok(response) => {
             tasks.offer(response.tasks);
+            peer.settle_in_doubt();
             true
         }
         Err(e) => {

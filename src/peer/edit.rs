@@ -36,6 +36,18 @@ pub enum EditOutcome {
     Abandoned { why: String },
     /// The new content could not be published; it is kept at `kept`.
     NotPublished { why: String, kept: PathBuf },
+    /// No index confirmed the publish, but the primary may have applied it (it took the
+    /// request and went silent). The edit is kept at `kept`; the agent asks again once the
+    /// index answers, and installs the edit if the index has it.
+    InDoubt { why: String, kept: PathBuf },
+}
+
+/// A publish no index confirmed or refused, to settle when the primary answers again.
+#[derive(Debug, Clone)]
+pub struct InDoubt {
+    pub meta: FileMeta,
+    pub lease_id: String,
+    pub kept: PathBuf,
 }
 
 /// Why an edit could not start; no lease is held afterwards.
@@ -224,10 +236,19 @@ impl Peer {
         };
         if let Err(e) = self.publish(&meta, &held.request.lease_id) {
             let kept = self.store.set_aside(&work, name)?;
-            return Ok(EditOutcome::NotPublished {
-                why: e.to_string(),
-                kept,
-            });
+            let why = e.to_string();
+            if matches!(e, ClientError::Api { .. }) {
+                return Ok(EditOutcome::NotPublished { why, kept });
+            }
+            self.in_doubt
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(InDoubt {
+                    meta,
+                    lease_id: held.request.lease_id.clone(),
+                    kept: kept.clone(),
+                });
+            return Ok(EditOutcome::InDoubt { why, kept });
         }
         held.spent = true;
         let installed = self.store.install(&work, &meta, LocalChanges::SetAside);
@@ -348,6 +369,47 @@ impl Peer {
                         return Some(why);
                     }
                 }
+            }
+        }
+    }
+
+    /// Settles the publishes no index confirmed: asks again with the same lease. The index
+    /// accepts if it applied the first try (the version exists with this content) or if the
+    /// lease is still live; it refuses if the lease is gone and the version never landed.
+    /// Unanswered ones wait for the next call. Called by the agent after a heartbeat got
+    /// through.
+    pub fn settle_in_doubt(&self) {
+        let pending = std::mem::take(&mut *self.in_doubt.lock().unwrap_or_else(|e| e.into_inner()));
+        for doubt in pending {
+            let (name, version) = (&doubt.meta.name, doubt.meta.version);
+            match self.announce(&doubt.meta, Some(&doubt.lease_id)) {
+                Ok(_) => {
+                    let installed =
+                        self.store
+                            .install(&doubt.kept, &doubt.meta, LocalChanges::SetAside);
+                    self.installed(name);
+                    match installed {
+                        Ok(_) => self.notice(format!(
+                            "{name} v{version} was published after all (the index confirmed it \
+                             late); it is in the shared folder"
+                        )),
+                        Err(e) => self.notice(format!(
+                            "{name} v{version} was published after all, but could not be put in \
+                             place ({e}); it is kept at {}",
+                            doubt.kept.display()
+                        )),
+                    }
+                }
+                Err(ClientError::Api { body, .. }) => self.notice(format!(
+                    "{name} v{version} was not published ({}); your edit is kept at {}",
+                    body.error,
+                    doubt.kept.display()
+                )),
+                Err(_) => self
+                    .in_doubt
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(doubt),
             }
         }
     }

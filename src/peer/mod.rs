@@ -112,6 +112,8 @@ pub struct Peer {
     /// File-list changes found by rescans and not yet reported: name -> new meta, or `None`
     /// for a removal. Later findings replace earlier ones.
     pending: Mutex<BTreeMap<String, Option<FileMeta>>>,
+    /// Publishes no index confirmed or refused (see `edit`).
+    in_doubt: Mutex<Vec<edit::InDoubt>>,
 }
 
 impl Peer {
@@ -128,6 +130,7 @@ impl Peer {
             needs_register: AtomicBool::new(true),
             notices: Mutex::new(Vec::new()),
             pending: Mutex::new(BTreeMap::new()),
+            in_doubt: Mutex::new(Vec::new()),
             config,
         })
     }

@@ -282,6 +282,12 @@ pub fn update_with(
             "{name} was NOT published: {why}\n  your edit is kept at {}",
             kept.display()
         ),
+        Ok(EditOutcome::InDoubt { why, kept }) => writeln!(
+            out,
+            "{name} was NOT confirmed: {why}\n  your edit is kept at {}; nap asks the index \
+             again when it answers and puts the edit in place if it was published",
+            kept.display()
+        ),
         Err(e) => writeln!(out, "update {name}: {e}"),
     }
 }

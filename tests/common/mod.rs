@@ -329,6 +329,29 @@ pub fn start_editing_peer(dir: &Path, index: &str, editor: &str, extra: &[&str])
     )
 }
 
+/// An editor that appends a line, then waits until `release` exists (or a minute passes),
+/// so the test decides when the edit ends.
+pub fn waiting_editor(dir: &std::path::Path, release: &std::path::Path) -> String {
+    script(
+        dir,
+        "slow-editor.sh",
+        &format!(
+            "echo 'edited' >> \"$1\"\necho \"editor open on $1\"\n\
+             i=0\nwhile [ ! -e '{}' ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n",
+            release.display()
+        ),
+    )
+}
+
+/// Creates the release file when dropped, so the editor script ends even if the test fails.
+pub struct ReleaseOnDrop(pub std::path::PathBuf);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, b"");
+    }
+}
+
 /// Calls `check` until it returns `Some`, or panics with `what` after the deadline.
 pub fn poll_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + DEADLINE;
