@@ -459,7 +459,7 @@ mod tests {
             let state = primary.read();
             (state.epoch().to_string(), state.liveness())
         };
-        let ops = log.after(shadow.read().seq(), 1000);
+        let ops = log.after(shadow.read().seq(), 1000, 1000);
         shadow.apply_sync(SyncRequest {
             epoch,
             ops,
@@ -547,7 +547,7 @@ mod tests {
         primary.submit(register("c", vec![])).unwrap();
         let answer = late.apply_sync(SyncRequest {
             epoch: primary.read().epoch().to_string(),
-            ops: primary.log.as_ref().unwrap().after(5, 1000),
+            ops: primary.log.as_ref().unwrap().after(5, 1000, 1000),
             liveness: Vec::new(),
         });
         assert!(answer.need_snapshot);

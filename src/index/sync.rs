@@ -30,8 +30,10 @@ use crate::protocol::ShadowState;
 /// Header carrying the shared secret on replication requests.
 pub const HEADER_SECRET: &str = "X-Nap-Cluster-Secret";
 
-/// Most ops in one `/sync` request.
+/// Most ops in one `/sync` request, and most weight (about one per file listed): a batch stays
+/// a few MiB, well under what a shadow accepts.
 const BATCH: usize = 1024;
+const BATCH_WEIGHT: usize = 16 * 1024;
 /// Pause after a failed push, doubling up to `MAX_BACKOFF`.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -115,12 +117,23 @@ impl OpLog {
         self.grew.notify_all();
     }
 
-    /// Up to `max` ops after `seq`, oldest first. If ops after `seq` have already been dropped
-    /// the batch starts at the oldest kept, and the shadow will see the gap.
-    pub fn after(&self, seq: u64, max: usize) -> Vec<SyncOp> {
+    /// Up to `max` ops after `seq`, oldest first, stopping once `max_weight` is reached (but
+    /// never before the first op). If ops after `seq` have already been dropped the batch
+    /// starts at the oldest kept, and the shadow will see the gap.
+    pub fn after(&self, seq: u64, max: usize, max_weight: usize) -> Vec<SyncOp> {
         let kept = self.lock();
         let start = kept.ops.partition_point(|o| o.seq <= seq);
-        kept.ops.range(start..).take(max).cloned().collect()
+        let mut total = 0;
+        kept.ops
+            .range(start..)
+            .take(max)
+            .take_while(|o| {
+                let fits = total == 0 || total < max_weight;
+                total += weight(&o.op);
+                fits
+            })
+            .cloned()
+            .collect()
     }
 
     /// Waits until an op after `seq` is in the log, or `timeout` passes.
@@ -199,7 +212,7 @@ pub fn push(index: &Index, log: &OpLog, link: &ShadowLink, secret: &str, stop: &
         if stopped(stop, Duration::ZERO) {
             return;
         }
-        let ops = log.after(acked, BATCH);
+        let ops = log.after(acked, BATCH, BATCH_WEIGHT);
         let liveness_due = liveness_sent.is_none_or(|t| t.elapsed() >= liveness_every);
         if ops.is_empty() && !liveness_due {
             log.wait_after(acked, liveness_every.min(Duration::from_millis(250)));
@@ -251,7 +264,12 @@ pub fn push(index: &Index, log: &OpLog, link: &ShadowLink, secret: &str, stop: &
                 }
             }
             Err(e) => {
-                log::warn!("push to shadow {} failed: {e}", link.url);
+                // Loud once, then quiet while the shadow stays away.
+                if backoff == MIN_BACKOFF {
+                    log::warn!("push to shadow {} failed: {e}; retrying", link.url);
+                } else {
+                    log::debug!("push to shadow {} failed: {e}", link.url);
+                }
                 link.record(Err(e));
                 if stopped(stop, backoff) {
                     return;
@@ -359,10 +377,16 @@ mod tests {
         }
         let seqs = |ops: Vec<SyncOp>| ops.into_iter().map(|o| o.seq).collect::<Vec<_>>();
         // 1 and 2 fell out: a shadow at 0 gets 3.. and sees the gap.
-        assert_eq!(seqs(log.after(0, 10)), vec![3, 4, 5]);
-        assert_eq!(seqs(log.after(3, 10)), vec![4, 5]);
-        assert_eq!(seqs(log.after(3, 1)), vec![4]);
-        assert!(log.after(5, 10).is_empty());
+        assert_eq!(seqs(log.after(0, 10, 100)), vec![3, 4, 5]);
+        assert_eq!(seqs(log.after(3, 10, 100)), vec![4, 5]);
+        assert_eq!(seqs(log.after(3, 1, 100)), vec![4]);
+        assert_eq!(
+            seqs(log.after(0, 10, 2)),
+            vec![3, 4],
+            "weight bounds a batch"
+        );
+        assert_eq!(seqs(log.after(0, 10, 0)), vec![3], "but never to nothing");
+        assert!(log.after(5, 10, 100).is_empty());
         let t = Instant::now();
         log.wait_after(4, Duration::from_secs(5));
         assert!(
