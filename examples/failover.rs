@@ -128,6 +128,14 @@ struct Fleet {
 #[derive(Clone, Copy)]
 struct ProcId(usize);
 
+/// A running primary/shadow pair: the primary's handle and port, and both base URLs.
+struct Pair {
+    primary: ProcId,
+    pport: u16,
+    purl: String,
+    surl: String,
+}
+
 impl Fleet {
     fn new(bin: &Path) -> Fleet {
         Fleet {
@@ -180,6 +188,23 @@ impl Fleet {
             primary.into(),
         ]);
         self.start("shadow", &args)
+    }
+
+    /// A shadow and its primary on free ports, both answering.
+    fn pair(&mut self) -> Pair {
+        let (pport, sport) = free_ports();
+        let purl = format!("http://127.0.0.1:{pport}");
+        let surl = format!("http://127.0.0.1:{sport}");
+        let shadow = self.shadow(sport, &purl);
+        let primary = self.primary(pport, &surl);
+        self.wait_ready(shadow, &surl, "shadow");
+        self.wait_ready(primary, &purl, "primary");
+        Pair {
+            primary,
+            pport,
+            purl,
+            surl,
+        }
     }
 
     /// Waits until the process answers `/status` at `url` in `role`.
@@ -543,13 +568,12 @@ impl Trial {
 
 fn failover_trial(bin: &Path, fault: Fault, timeout: Duration) -> Trial {
     let mut fleet = Fleet::new(bin);
-    let (pport, sport) = free_ports();
-    let purl = format!("http://127.0.0.1:{pport}");
-    let surl = format!("http://127.0.0.1:{sport}");
-    let shadow = fleet.shadow(sport, &purl);
-    let primary = fleet.primary(pport, &surl);
-    fleet.wait_ready(shadow, &surl, "shadow");
-    fleet.wait_ready(primary, &purl, "primary");
+    let Pair {
+        primary,
+        pport,
+        purl,
+        surl,
+    } = fleet.pair();
     seed(&purl);
     wait_converged(&purl, &surl);
 
@@ -777,13 +801,7 @@ fn probe_loop(primary: &str, shadow: &str, peer: &RegisterResponse, until: Insta
 
 fn lag(bin: &Path, args: &Args) {
     let mut fleet = Fleet::new(bin);
-    let (pport, sport) = free_ports();
-    let purl = format!("http://127.0.0.1:{pport}");
-    let surl = format!("http://127.0.0.1:{sport}");
-    let shadow = fleet.shadow(sport, &purl);
-    let primary = fleet.primary(pport, &surl);
-    fleet.wait_ready(shadow, &surl, "shadow");
-    fleet.wait_ready(primary, &purl, "primary");
+    let Pair { purl, surl, .. } = fleet.pair();
     let writers: Vec<RegisterResponse> = (0..args.writers)
         .map(|n| register(&purl, 10_000 + n as u16, vec![first_version(&load_file(n))]))
         .collect();

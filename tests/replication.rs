@@ -67,13 +67,32 @@ fn publish(url: &str, id: &Id, name: &str, content: &str) {
     assert_eq!(answer.status, 200, "{}", answer.body);
 }
 
+/// Ports and base URLs for a primary and its shadow.
+struct Addrs {
+    pport: u16,
+    sport: u16,
+    purl: String,
+    surl: String,
+}
+
+fn addrs() -> Addrs {
+    let (pport, sport) = (free_port(), free_port());
+    Addrs {
+        pport,
+        sport,
+        purl: format!("http://127.0.0.1:{pport}"),
+        surl: format!("http://127.0.0.1:{sport}"),
+    }
+}
+
 #[test]
 fn the_shadow_mirrors_the_primary_and_refuses_writes() {
-    let (pport, sport) = (free_port(), free_port());
-    let (purl, surl) = (
-        format!("http://127.0.0.1:{pport}"),
-        format!("http://127.0.0.1:{sport}"),
-    );
+    let Addrs {
+        pport,
+        sport,
+        purl,
+        surl,
+    } = addrs();
     let shadow = start_shadow(sport, &purl, &[]);
     let primary = start_primary(pport, &surl, &[]);
     let a = register(&primary.url, 9001, vec![file("doc.txt", 1, "v1")]);
@@ -195,11 +214,12 @@ struct Pair {
 }
 
 fn pair_with_peers(index_timeout: &str) -> Pair {
-    let (pport, sport) = (free_port(), free_port());
-    let (purl, surl) = (
-        format!("http://127.0.0.1:{pport}"),
-        format!("http://127.0.0.1:{sport}"),
-    );
+    let Addrs {
+        pport,
+        sport,
+        purl,
+        surl,
+    } = addrs();
     let shadow = start_shadow(sport, &purl, &[]);
     let primary = start_primary(pport, &surl, &[]);
     let both = format!("{purl},{surl}");
@@ -324,11 +344,12 @@ fn a_frozen_primary_fails_over_after_the_timeout() {
 
 #[test]
 fn late_and_restarted_shadows_converge_under_writes() {
-    let (pport, sport) = (free_port(), free_port());
-    let (purl, surl) = (
-        format!("http://127.0.0.1:{pport}"),
-        format!("http://127.0.0.1:{sport}"),
-    );
+    let Addrs {
+        pport,
+        sport,
+        purl,
+        surl,
+    } = addrs();
     // A short op log, so that a shadow that misses ops must catch up by snapshot.
     let primary = start_primary(pport, &surl, &["--sync-log", "20"]);
     let writer = register(&primary.url, 9100, vec![file("log.txt", 1, "0")]);
