@@ -1,8 +1,17 @@
-//! The planner: pure functions from the index state to the copy tasks handed out in heartbeat
-//! and register answers. It reads the state and changes nothing, so it can run under the read
-//! lock, on the shadow, or in a test, and always says the same for the same state.
+//! The planner: functions from the index state to the copy tasks handed out in heartbeat and
+//! register answers. No I/O, no clock, no threads: the state (read-locked) and the time come in,
+//! tasks come out, so the same inputs always give the same plan, in a test as in the server.
+//!
+//! Two kinds of task: *refresh* (a peer holding an older version fetches the latest) and
+//! *copy* (replication: a file whose latest version has fewer than R up-to-date holders gets
+//! more). Copies in flight are tracked in [`InFlight`], soft state kept beside the index state:
+//! it is not replicated, and a new primary simply plans again.
 
-use super::state::IndexState;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Serialize;
+
+use super::state::{IndexState, Millis};
 use crate::protocol::Task;
 
 /// At most this many sources per task: enough to survive a few dead holders, short enough to
@@ -52,6 +61,235 @@ pub fn refresh_tasks(state: &IndexState, peer_id: &str) -> Vec<Task> {
         });
     }
     tasks
+}
+
+/// What the planner aims for, and its limits.
+#[derive(Debug, Clone)]
+pub struct PlanConfig {
+    /// Up-to-date copies wanted of each file's latest version.
+    pub replication_factor: usize,
+    /// Copy tasks in flight per peer, at most.
+    pub max_tasks_per_peer: usize,
+    /// A copy not done by then is given to another peer.
+    pub task_timeout_ms: u64,
+}
+
+/// A copy handed to a peer and not yet seen done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub peer_id: String,
+    pub task: Task,
+    pub deadline_ms: Millis,
+}
+
+/// Copy tasks in flight, and copies that failed or timed out lately (not handed to the same
+/// peer again until their cool-down ends).
+#[derive(Debug, Default)]
+pub struct InFlight {
+    by_id: BTreeMap<String, Assignment>,
+    /// (file, version, peer) -> until when not to ask that peer again.
+    cooling: HashMap<(String, u64, String), Millis>,
+}
+
+impl InFlight {
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// The copy tasks `peer_id` has in flight, to send (again) with its next answer.
+    pub fn tasks_for(&self, peer_id: &str) -> Vec<Task> {
+        self.by_id
+            .values()
+            .filter(|a| a.peer_id == peer_id)
+            .map(|a| a.task.clone())
+            .collect()
+    }
+
+    /// The peer reports that it could not make the copy: it goes to someone else.
+    pub fn failed(&mut self, peer_id: &str, task_id: &str, now: Millis, cool_down_ms: u64) -> bool {
+        match self.by_id.get(task_id) {
+            Some(a) if a.peer_id == peer_id => {
+                let a = self.by_id.remove(task_id).expect("just found");
+                self.cool(&a, now + cool_down_ms);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn cool(&mut self, a: &Assignment, until: Millis) {
+        self.cooling.insert(
+            (a.task.file.clone(), a.task.version, a.peer_id.clone()),
+            until,
+        );
+    }
+
+    fn cooling(&self, file: &str, version: u64, peer_id: &str, now: Millis) -> bool {
+        self.cooling
+            .get(&(file.to_string(), version, peer_id.to_string()))
+            .is_some_and(|until| now < *until)
+    }
+}
+
+/// A file whose latest version has fewer up-to-date holders than wanted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnderReplicated {
+    pub name: String,
+    pub version: u64,
+    pub holders: usize,
+    /// Copies of it in flight.
+    pub in_flight: usize,
+}
+
+/// What one planning pass did.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Peers that got new tasks (to wake their waiting heartbeats).
+    pub assigned: BTreeSet<String>,
+    /// Tasks that ran past their deadline and were taken back.
+    pub timed_out: Vec<Assignment>,
+    /// Files below the replication factor after this pass, by name.
+    pub under_replicated: Vec<UnderReplicated>,
+}
+
+/// One planning pass. First the copies in flight are checked against the state: done (the
+/// peer now holds that version), moot (peer gone, version superseded) or late (past the
+/// deadline: taken back, and that peer is not asked for that copy again for a while) ones
+/// are dropped. Then every file below R with at least one up-to-date holder gets copies
+/// assigned to peers that lack it, least loaded first (fewest files, then fewest tasks in
+/// flight), at most `max_tasks_per_peer` in flight per peer and never two for one copy.
+///
+/// Cost: one pass over the files and one over the tasks in flight; each assignment walks the
+/// load-ordered peers only past those that cannot take it.
+pub fn plan(state: &IndexState, flight: &mut InFlight, now: Millis, cfg: &PlanConfig) -> Plan {
+    let mut out = Plan::default();
+    let mut settled = Vec::new();
+    for (id, a) in &flight.by_id {
+        let entry = state.file(&a.task.file);
+        let latest = entry.map_or(0, |e| e.latest_version());
+        let held = entry.and_then(|e| e.holders.get(&a.peer_id)).copied();
+        if state.peer(&a.peer_id).is_none() || latest != a.task.version || held == Some(latest) {
+            settled.push((id.clone(), false));
+        } else if now >= a.deadline_ms {
+            settled.push((id.clone(), true));
+        }
+    }
+    for (id, late) in settled {
+        if let Some(a) = flight.by_id.remove(&id) {
+            if late {
+                flight.cool(&a, now + cfg.task_timeout_ms);
+                out.timed_out.push(a);
+            }
+        }
+    }
+    flight.cooling.retain(|_, until| now < *until);
+
+    let mut per_peer: HashMap<&str, usize> = HashMap::new();
+    let mut per_copy: HashMap<(&str, u64), Vec<&str>> = HashMap::new();
+    for a in flight.by_id.values() {
+        *per_peer.entry(&a.peer_id).or_default() += 1;
+        per_copy
+            .entry((&a.task.file, a.task.version))
+            .or_default()
+            .push(&a.peer_id);
+    }
+
+    // Files below R, in name order so that a plan does not depend on hash order.
+    let want = cfg.replication_factor;
+    let mut short: Vec<(&str, u64, usize)> = Vec::new();
+    for name in state.file_names() {
+        let Some(entry) = state.file(name) else {
+            continue;
+        };
+        let latest = entry.latest_version();
+        let holders = entry.holders.values().filter(|v| **v == latest).count();
+        // No holder at all: the file left the network with its last holder; not ours to copy.
+        if holders > 0 && holders < want {
+            short.push((name, latest, holders));
+        }
+    }
+    short.sort_unstable();
+
+    // Peers that can take a task, least loaded first.
+    let mut ready: BTreeSet<(usize, usize, &str)> = state
+        .peer_ids()
+        .filter_map(|id| {
+            let tasks = per_peer.get(id).copied().unwrap_or(0);
+            let files = state.peer(id).map_or(0, |p| p.files.len());
+            (tasks < cfg.max_tasks_per_peer).then_some((files, tasks, id))
+        })
+        .collect();
+
+    let mut new = Vec::new();
+    for (name, version, holders) in short {
+        let in_flight = per_copy.get(&(name, version)).map_or(0, Vec::len);
+        let mut missing = want.saturating_sub(holders + in_flight);
+        let entry = state.file(name);
+        let sources: Vec<String> = entry
+            .map(|e| {
+                e.holders
+                    .iter()
+                    .filter(|(_, v)| **v == version)
+                    .filter_map(|(id, _)| state.peer(id).map(|p| p.addr.clone()))
+                    .take(MAX_SOURCES)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut assigned_here = 0;
+        {
+            let info = entry.and_then(|e| e.versions.get(&version));
+            let taken_by = per_copy.get(&(name, version));
+            let candidates: Vec<(usize, usize, &str)> = ready
+                .iter()
+                .filter(|(_, _, id)| {
+                    // Not a holder of any version (stale ones are refreshed), not already
+                    // copying it, not lately failed at it.
+                    entry.is_some_and(|e| !e.holders.contains_key(*id))
+                        && !taken_by.is_some_and(|t| t.contains(id))
+                        && !flight.cooling(name, version, id, now)
+                })
+                .take(missing)
+                .copied()
+                .collect();
+            for key in candidates {
+                let Some(info) = info else { break };
+                let (files, tasks, id) = key;
+                ready.remove(&key);
+                if tasks + 1 < cfg.max_tasks_per_peer {
+                    ready.insert((files + 1, tasks + 1, id));
+                }
+                new.push(Assignment {
+                    peer_id: id.to_string(),
+                    task: Task {
+                        task_id: format!("copy:{name}:v{version}:{id}"),
+                        file: name.to_string(),
+                        version,
+                        sha256: info.sha256.clone(),
+                        size: info.size,
+                        sources: sources.clone(),
+                    },
+                    deadline_ms: now + cfg.task_timeout_ms,
+                });
+                missing -= 1;
+                assigned_here += 1;
+            }
+        }
+        out.under_replicated.push(UnderReplicated {
+            name: name.to_string(),
+            version,
+            holders,
+            in_flight: in_flight + assigned_here,
+        });
+    }
+    for a in new {
+        out.assigned.insert(a.peer_id.clone());
+        flight.by_id.insert(a.task.task_id.clone(), a);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -121,5 +359,183 @@ mod tests {
         )
         .unwrap();
         assert!(refresh_tasks(&s, "b").is_empty());
+    }
+
+    fn cfg(r: usize, k: usize) -> PlanConfig {
+        PlanConfig {
+            replication_factor: r,
+            max_tasks_per_peer: k,
+            task_timeout_ms: 1_000,
+        }
+    }
+
+    fn holders_of(s: &IndexState, name: &str) -> usize {
+        s.file(name).map_or(0, |e| e.holders.len())
+    }
+
+    fn announce(s: &mut IndexState, peer: &str, file: crate::protocol::FileMeta, now: Millis) {
+        s.apply(
+            Op::Announce {
+                peer_id: peer.into(),
+                token_hash: hash_token(peer),
+                file,
+                lease_id: None,
+            },
+            now,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn copies_go_to_the_least_loaded_peers_once_each() {
+        let mut s = IndexState::default();
+        s.apply(
+            register("a", 1, vec![meta("f", 1, "f"), meta("g", 1, "g")]),
+            0,
+        )
+        .unwrap();
+        s.apply(
+            register(
+                "busy",
+                2,
+                (0..5).map(|i| meta(&format!("x{i}"), 1, "x")).collect(),
+            ),
+            0,
+        )
+        .unwrap();
+        s.apply(register("idle1", 3, vec![]), 0).unwrap();
+        s.apply(register("idle2", 4, vec![]), 0).unwrap();
+        let mut flight = InFlight::default();
+        let plan1 = plan(&s, &mut flight, 10, &cfg(2, 4));
+        let target = |file: &str| -> Vec<String> {
+            flight
+                .by_id
+                .values()
+                .filter(|a| a.task.file == file)
+                .map(|a| a.peer_id.clone())
+                .collect()
+        };
+        // f and g (a's) go to the idle peers first; the busy peer's five files spread over
+        // everyone else; nobody is asked to copy a file it holds; one task per copy.
+        let (f, g) = (target("f"), target("g"));
+        assert_eq!(f.len(), 1);
+        assert_eq!(g.len(), 1);
+        assert!(f[0].starts_with("idle") && g[0].starts_with("idle") && f != g);
+        for i in 0..5 {
+            let x = target(&format!("x{i}"));
+            assert_eq!(x.len(), 1);
+            assert_ne!(x[0], "busy");
+        }
+        assert!(flight.tasks_for("busy").is_empty());
+        let counts: Vec<usize> = ["a", "idle1", "idle2"]
+            .iter()
+            .map(|p| flight.tasks_for(p).len())
+            .collect();
+        assert!(
+            counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 2,
+            "{counts:?}"
+        );
+        assert_eq!(plan1.assigned.len(), 3);
+        let task = &flight.tasks_for(&f[0])[0];
+        assert_eq!(task.sources, vec!["127.0.0.1:1".to_string()]);
+        assert_eq!(task.sha256, meta(&task.file, 1, &task.file).sha256);
+        assert_eq!(plan1.under_replicated.len(), 7);
+
+        // Planning again changes nothing: a copy in flight is not handed out twice.
+        let before = flight.len();
+        let again = plan(&s, &mut flight, 20, &cfg(2, 4));
+        assert!(again.assigned.is_empty());
+        assert_eq!(flight.len(), before);
+
+        // Done copies leave the books; the file is no longer under-replicated.
+        let done = flight.tasks_for("idle1")[0].clone();
+        announce(&mut s, "idle1", meta(&done.file, 1, &done.file), 30);
+        let after = plan(&s, &mut flight, 30, &cfg(2, 4));
+        assert!(flight
+            .tasks_for("idle1")
+            .iter()
+            .all(|t| t.task_id != done.task_id));
+        assert!(after.under_replicated.iter().all(|u| u.name != done.file));
+        assert_eq!(holders_of(&s, &done.file), 2);
+    }
+
+    #[test]
+    fn in_flight_tasks_per_peer_are_limited() {
+        let mut s = IndexState::default();
+        let files: Vec<_> = (0..10).map(|i| meta(&format!("f{i}"), 1, "c")).collect();
+        s.apply(register("a", 1, files), 0).unwrap();
+        s.apply(register("b", 2, vec![]), 0).unwrap();
+        let mut flight = InFlight::default();
+        plan(&s, &mut flight, 0, &cfg(2, 3));
+        assert_eq!(flight.tasks_for("b").len(), 3, "K = 3");
+        assert!(flight.tasks_for("a").is_empty(), "a holds them all");
+        // With R = 3 and only two peers, the rest waits: reported under-replicated.
+        let mut flight = InFlight::default();
+        let p = plan(&s, &mut flight, 0, &cfg(3, 100));
+        assert_eq!(flight.tasks_for("b").len(), 10);
+        assert_eq!(p.under_replicated.len(), 10);
+        assert!(p
+            .under_replicated
+            .iter()
+            .all(|u| u.holders == 1 && u.in_flight == 1));
+    }
+
+    #[test]
+    fn late_or_failed_copies_go_to_another_peer() {
+        let mut s = IndexState::default();
+        let other = meta("other", 1, "o");
+        s.apply(register("a", 1, vec![meta("f", 1, "f"), other.clone()]), 0)
+            .unwrap();
+        s.apply(register("b", 2, vec![]), 0).unwrap();
+        s.apply(register("c", 3, vec![other]), 0).unwrap();
+        let mut flight = InFlight::default();
+        plan(&s, &mut flight, 0, &cfg(2, 4));
+        let first = flight.tasks_for("b");
+        assert_eq!(first.len(), 1, "b has fewer files than c");
+        // Past the deadline: taken back, and given to c; b is not asked again for a while.
+        let p = plan(&s, &mut flight, 1_000, &cfg(2, 4));
+        assert_eq!(p.timed_out.len(), 1);
+        assert_eq!(flight.tasks_for("c")[0].file, "f");
+        assert!(flight.tasks_for("b").is_empty());
+        // c reports a failure: the copy goes back to b once b's cool-down is over.
+        let task_id = flight.tasks_for("c")[0].task_id.clone();
+        assert!(flight.failed("c", &task_id, 1_100, 5_000));
+        assert!(!flight.failed("c", &task_id, 1_100, 5_000), "only once");
+        plan(&s, &mut flight, 1_200, &cfg(2, 4));
+        assert!(flight.is_empty(), "b cools down until 2000, c until 6100");
+        plan(&s, &mut flight, 2_000, &cfg(2, 4));
+        assert_eq!(flight.tasks_for("b").len(), 1);
+        // A peer that leaves takes its tasks with it.
+        s.apply(
+            Op::Prune {
+                peers: vec!["b".into()],
+            },
+            2_100,
+        )
+        .unwrap();
+        plan(&s, &mut flight, 2_100, &cfg(2, 4));
+        assert!(flight.tasks_for("b").is_empty());
+    }
+
+    #[test]
+    fn files_with_no_holder_or_enough_holders_get_no_copies() {
+        let mut s = IndexState::default();
+        s.apply(register("a", 1, vec![meta("f", 1, "f")]), 0)
+            .unwrap();
+        s.apply(register("b", 2, vec![meta("f", 1, "f")]), 0)
+            .unwrap();
+        s.apply(register("c", 3, vec![]), 0).unwrap();
+        let mut flight = InFlight::default();
+        let p = plan(&s, &mut flight, 0, &cfg(2, 4));
+        assert!(flight.is_empty() && p.under_replicated.is_empty());
+        s.apply(
+            Op::Prune {
+                peers: vec!["a".into(), "b".into()],
+            },
+            1,
+        )
+        .unwrap();
+        let p = plan(&s, &mut flight, 1, &cfg(2, 4));
+        assert!(flight.is_empty() && p.under_replicated.is_empty());
     }
 }

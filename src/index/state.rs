@@ -349,6 +349,16 @@ impl IndexState {
         self.files.get(name)
     }
 
+    /// Every known file name, in no particular order.
+    pub fn file_names(&self) -> impl Iterator<Item = &str> {
+        self.files.keys().map(String::as_str)
+    }
+
+    /// Every registered peer id, in no particular order.
+    pub fn peer_ids(&self) -> impl Iterator<Item = &str> {
+        self.peers.keys().map(String::as_str)
+    }
+
     pub fn leases(&self) -> &LeaseTable {
         &self.leases
     }
