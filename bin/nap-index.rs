@@ -41,6 +41,18 @@ struct Args {
     /// ops kept for shadows that fall behind; beyond that they catch up by snapshot
     #[argh(option, default = "65536")]
     sync_log: usize,
+    /// up-to-date copies wanted of every file; 1 turns replication off
+    #[argh(option, default = "2")]
+    replication_factor: usize,
+    /// seconds between runs of the replication planner (it also runs on changes)
+    #[argh(option, default = "1.0")]
+    plan_interval: f64,
+    /// copy tasks in flight per peer, at most
+    #[argh(option, default = "4")]
+    max_tasks_per_peer: usize,
+    /// seconds after which an unfinished copy task goes to another peer
+    #[argh(option, default = "60.0")]
+    task_timeout: f64,
 }
 
 fn usage(message: &str) -> ! {
@@ -103,7 +115,17 @@ fn main() {
             .or_else(|| std::env::var("NAP_CLUSTER_SECRET").ok())
             .filter(|s| !s.is_empty()),
         sync_log: args.sync_log,
+        replication_factor: args.replication_factor,
+        plan_interval: seconds("plan-interval", args.plan_interval),
+        max_tasks_per_peer: args.max_tasks_per_peer,
+        task_timeout: seconds("task-timeout", args.task_timeout),
     };
+    if config.replication_factor == 0 || config.max_tasks_per_peer == 0 {
+        usage("--replication-factor and --max-tasks-per-peer must be at least 1");
+    }
+    if config.plan_interval.is_zero() || config.task_timeout.is_zero() {
+        usage("--plan-interval and --task-timeout must be more than 0");
+    }
     if config.lease_ttl.is_zero() {
         usage("--lease-ttl must be more than 0");
     }

@@ -175,6 +175,8 @@ fn run(
                                 token: identity.token.clone(),
                                 added: vec![],
                                 removed: vec![],
+                                failed: vec![],
+                                wait_ms: None,
                             }),
                             _ => rq.send_empty(),
                         };

@@ -99,6 +99,20 @@ pub struct HeartbeatRequest {
     pub added: Vec<FileMeta>,
     #[serde(default)]
     pub removed: Vec<String>,
+    /// Copy tasks the peer could not carry out since its last report.
+    #[serde(default)]
+    pub failed: Vec<TaskFailure>,
+    /// Long poll: when there is no task for the peer, the index may hold the answer this
+    /// long (capped by the index) and answers as soon as a task appears.
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+}
+
+/// A task the peer gave up on, and why (every source failed, verification failed, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFailure {
+    pub task_id: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -258,6 +272,26 @@ pub struct StatusResponse {
     /// primary and its shadows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// Replication (primary): the target copy count, copy tasks in flight, and the files
+    /// whose latest version has fewer up-to-date holders than that (the first 100 listed).
+    #[serde(default)]
+    pub replication_factor: usize,
+    #[serde(default)]
+    pub tasks_in_flight: usize,
+    #[serde(default)]
+    pub under_replicated: usize,
+    #[serde(default)]
+    pub under_replicated_files: Vec<UnderReplicatedFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnderReplicatedFile {
+    pub name: String,
+    pub version: u64,
+    /// Up-to-date holders now.
+    pub holders: usize,
+    /// Copies being made.
+    pub in_flight: usize,
 }
 
 /// One shadow as its primary sees it.

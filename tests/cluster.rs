@@ -5,7 +5,7 @@ mod common;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use common::*;
@@ -127,27 +127,7 @@ fn a_corrupt_holder_is_detected_and_the_next_one_used() {
 
     // A holder that claims the same file but serves other bytes of the same length. Its
     // peer id sorts first, so it is the first holder the downloader tries.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let evil_addr = listener.local_addr().unwrap().to_string();
-    let served = Arc::new(AtomicUsize::new(0));
-    {
-        let served = served.clone();
-        let len = content.len();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let mut head = String::new();
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                while reader.read_line(&mut head).is_ok_and(|n| n > 2) {}
-                served.fetch_add(1, Ordering::SeqCst);
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
-                );
-                let _ = stream.write_all(&vec![b'X'; len]);
-            }
-        });
-    }
+    let (evil_addr, served) = corrupt_server(content.len());
     let register = serde_json::json!({
         "addr": evil_addr,
         "peer_id": "0-corrupt",

@@ -3,6 +3,7 @@
 //! while reading a body or writing a response.
 
 use std::io::Read;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -11,11 +12,11 @@ use tiny_http::{Header, Method, Request, Response};
 use super::lease::{Lease, LeaseError};
 use super::state::{hash_token, Op, Outcome, StateError};
 use super::sync::{self, SyncRequest};
-use super::{planner, Index, Role};
+use super::{replicate, Index, Role};
 use crate::protocol::{
     self, AnnounceRequest, AnnounceResponse, ErrorBody, FileInfoResponse, FileMeta,
     HeartbeatRequest, HeartbeatResponse, HolderVersion, LeaseIdRequest, LeaseInfo, LeaseRequest,
-    LeaseResponse, RegisterRequest, RegisterResponse, ReleaseResponse, SearchResponse,
+    LeaseResponse, RegisterRequest, RegisterResponse, Rejected, ReleaseResponse, SearchResponse,
     StatusResponse, UnregisterRequest, VersionEntry,
 };
 
@@ -116,12 +117,25 @@ impl From<StateError> for ApiError {
 pub struct Reply {
     pub status: u16,
     pub body: String,
+    /// Set on a heartbeat with nothing to say yet: hold the request for a task (long poll).
+    park: Option<Park>,
+}
+
+/// A heartbeat to hold until its peer has a task, or the wait is over.
+struct Park {
+    peer_id: String,
+    wait: Duration,
+    rejected: Vec<Rejected>,
 }
 
 impl Reply {
-    fn json<T: Serialize>(status: u16, value: &T) -> Reply {
+    pub(crate) fn json<T: Serialize>(status: u16, value: &T) -> Reply {
         match serde_json::to_string(value) {
-            Ok(body) => Reply { status, body },
+            Ok(body) => Reply {
+                status,
+                body,
+                park: None,
+            },
             Err(e) => Reply::error(&ApiError::Internal(format!("cannot encode answer: {e}"))),
         }
     }
@@ -132,6 +146,7 @@ impl Reply {
         Reply {
             status: e.status(),
             body,
+            park: None,
         }
     }
 }
@@ -146,9 +161,17 @@ pub fn serve(index: &Index, server: &tiny_http::Server) {
                 return;
             }
         };
-        let reply = handle(index, &mut request);
+        let mut reply = handle(index, &mut request);
         log::debug!("{} {} -> {}", request.method(), request.url(), reply.status);
-        respond(request, reply);
+        match reply.park.take() {
+            // The request waits with the planner's waiters; this worker serves on.
+            Some(park) => {
+                index
+                    .waiters
+                    .park(index, park.peer_id, request, park.wait, park.rejected)
+            }
+            None => respond(request, reply),
+        }
     }
 }
 
@@ -398,7 +421,7 @@ fn register(index: &Index, rq: RegisterRequest) -> Result<Reply, ApiError> {
             format!(" ({} file(s) rejected)", rejected.len())
         }
     );
-    let tasks = planner::refresh_tasks(&index.read(), &peer_id);
+    let tasks = index.tasks_for(&peer_id);
     Ok(Reply::json(
         200,
         &RegisterResponse {
@@ -415,7 +438,14 @@ fn heartbeat(index: &Index, rq: HeartbeatRequest) -> Result<Reply, ApiError> {
     let token_hash = credentials(&rq.peer_id, &rq.token)?;
     validate_files(&rq.added)?;
     validate_names(&rq.removed)?;
+    if rq.failed.len() > 1024 {
+        return Err(ApiError::BadRequest(
+            "more than 1024 failed tasks reported".into(),
+        ));
+    }
     let peer_id = rq.peer_id.clone();
+    let wait = Duration::from_millis(rq.wait_ms.unwrap_or(0)).min(replicate::MAX_WAIT);
+    let failed = rq.failed;
     let rejected = if rq.added.is_empty() && rq.removed.is_empty() {
         // "Still alive" is not a change of the index: no op (see `sync`).
         index.touch(&rq.peer_id, &token_hash)?;
@@ -432,13 +462,19 @@ fn heartbeat(index: &Index, rq: HeartbeatRequest) -> Result<Reply, ApiError> {
         };
         rejected
     };
-    Ok(Reply::json(
-        200,
-        &HeartbeatResponse {
-            tasks: planner::refresh_tasks(&index.read(), &peer_id),
+    // Reported only once the peer is known to be who it says (the op or touch checked it).
+    index.tasks_failed(&peer_id, &failed);
+    let tasks = index.tasks_for(&peer_id);
+    if tasks.is_empty() && !wait.is_zero() {
+        let mut reply = Reply::json(200, &HeartbeatResponse::default());
+        reply.park = Some(Park {
+            peer_id,
+            wait,
             rejected,
-        },
-    ))
+        });
+        return Ok(reply);
+    }
+    Ok(Reply::json(200, &HeartbeatResponse { tasks, rejected }))
 }
 
 fn announce(index: &Index, rq: AnnounceRequest) -> Result<Reply, ApiError> {
@@ -463,6 +499,20 @@ fn announce(index: &Index, rq: AnnounceRequest) -> Result<Reply, ApiError> {
     let Outcome::Announced { latest_version } = outcome else {
         return Err(ApiError::Internal(format!("announce gave {outcome:?}")));
     };
+    if version == latest_version {
+        // Holders of an older version now have a refresh task: answer their waiting
+        // heartbeats now rather than at the end of the wait.
+        let stale: Vec<String> = index.read().file(&name).map_or(Vec::new(), |e| {
+            e.holders
+                .iter()
+                .filter(|(_, v)| **v < version)
+                .map(|(id, _)| id.clone())
+                .collect()
+        });
+        for peer_id in stale {
+            index.waiters.wake(index, &peer_id);
+        }
+    }
     Ok(Reply::json(
         200,
         &AnnounceResponse {
@@ -668,6 +718,7 @@ fn status(index: &Index, query: &str) -> Result<Reply, ApiError> {
         )
     };
     let config = index.config();
+    let (under_replicated, under_replicated_files) = index.under_replicated(100);
     let (role, primary) = match &config.role {
         Role::Primary { .. } => ("primary", None),
         Role::Shadow { primary } => ("shadow", Some(primary.clone())),
@@ -679,6 +730,10 @@ fn status(index: &Index, query: &str) -> Result<Reply, ApiError> {
             epoch,
             primary,
             last_sync_ms_ago: index.since_last_sync().map(|d| d.as_millis() as u64),
+            replication_factor: config.replication_factor,
+            tasks_in_flight: index.flight().len(),
+            under_replicated,
+            under_replicated_files,
             shadows: index.shadow_states(seq),
             peers,
             files,

@@ -10,18 +10,21 @@
 pub mod http;
 pub mod lease;
 pub mod planner;
+pub mod replicate;
 pub mod state;
 pub mod sweep;
 pub mod sync;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use planner::InFlight;
+use replicate::Waiters;
 use state::{IndexState, Millis, Op, Outcome, Snapshot, StateError};
 use sync::{OpLog, ShadowLink, SyncOp, SyncRequest, SyncResponse};
 
@@ -53,6 +56,14 @@ pub struct IndexConfig {
     pub cluster_secret: Option<String>,
     /// Ops kept for shadows that are behind; one further behind catches up by snapshot.
     pub sync_log: usize,
+    /// Up-to-date copies wanted of every file (1: no replication).
+    pub replication_factor: usize,
+    /// How often the replication planner runs (it also runs when ops change the picture).
+    pub plan_interval: Duration,
+    /// Copy tasks in flight per peer, at most.
+    pub max_tasks_per_peer: usize,
+    /// A copy task not done by then goes to another peer.
+    pub task_timeout: Duration,
 }
 
 impl Default for IndexConfig {
@@ -69,6 +80,10 @@ impl Default for IndexConfig {
             },
             cluster_secret: None,
             sync_log: 65_536,
+            replication_factor: 2,
+            plan_interval: Duration::from_secs(1),
+            max_tasks_per_peer: 4,
+            task_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -88,6 +103,12 @@ pub struct Index {
     resync: Option<Sender<()>>,
     /// Shadow: when the primary last pushed.
     last_sync: Mutex<Option<Instant>>,
+    /// Replication: copies in flight (soft state, beside the index state), the planner's
+    /// wake-up, its last list of under-replicated files, and the heartbeats waiting for tasks.
+    flight: Mutex<InFlight>,
+    plan_wake: Option<Sender<()>>,
+    under_replicated: Mutex<Vec<crate::protocol::UnderReplicatedFile>>,
+    pub waiters: Waiters,
 }
 
 impl Index {
@@ -107,6 +128,10 @@ impl Index {
             shadows: Vec::new(),
             resync: None,
             last_sync: Mutex::new(None),
+            flight: Mutex::default(),
+            plan_wake: None,
+            under_replicated: Mutex::default(),
+            waiters: Waiters::default(),
         })
     }
 
@@ -127,18 +152,72 @@ impl Index {
     }
 
     /// Applies `op` to `state` (write-locked by the caller) and logs it for the shadows.
+    /// Every change may change what is under-replicated, so the planner is woken too.
     fn apply(&self, state: &mut IndexState, op: Op, now: Millis) -> Result<Outcome, StateError> {
-        let Some(log) = &self.log else {
-            return state.apply(op, now);
+        let outcome = match &self.log {
+            None => state.apply(op, now)?,
+            Some(log) => {
+                let shipped = op.clone();
+                let outcome = state.apply(op, now)?;
+                log.push(SyncOp {
+                    seq: state.seq(),
+                    at: now,
+                    op: shipped,
+                });
+                outcome
+            }
         };
-        let shipped = op.clone();
-        let outcome = state.apply(op, now)?;
-        log.push(SyncOp {
-            seq: state.seq(),
-            at: now,
-            op: shipped,
-        });
+        if let Some(wake) = &self.plan_wake {
+            let _ = wake.try_send(());
+        }
         Ok(outcome)
+    }
+
+    /// The copy tasks in flight (the planner's books).
+    pub fn flight(&self) -> MutexGuard<'_, InFlight> {
+        self.flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Everything `peer_id` should be doing: refresh its stale files, and its copies.
+    pub fn tasks_for(&self, peer_id: &str) -> Vec<crate::protocol::Task> {
+        let mut tasks = planner::refresh_tasks(&self.read(), peer_id);
+        tasks.extend(self.flight().tasks_for(peer_id));
+        tasks
+    }
+
+    /// The peer gave up on these copies: the planner gives them to someone else.
+    pub fn tasks_failed(&self, peer_id: &str, failed: &[crate::protocol::TaskFailure]) {
+        let now = (self.clock)();
+        let cool_down = self.config.task_timeout.as_millis() as u64;
+        let mut any = false;
+        for f in failed {
+            if self.flight().failed(peer_id, &f.task_id, now, cool_down) {
+                log::warn!("peer {peer_id} failed task {}: {}", f.task_id, f.reason);
+                any = true;
+            }
+        }
+        if let (true, Some(wake)) = (any, &self.plan_wake) {
+            let _ = wake.try_send(());
+        }
+    }
+
+    pub fn set_under_replicated(&self, files: Vec<crate::protocol::UnderReplicatedFile>) {
+        *self
+            .under_replicated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = files;
+    }
+
+    /// The planner's last count of under-replicated files, and the first `max` of them.
+    pub fn under_replicated(
+        &self,
+        max: usize,
+    ) -> (usize, Vec<crate::protocol::UnderReplicatedFile>) {
+        let files = self
+            .under_replicated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        (files.len(), files.iter().take(max).cloned().collect())
     }
 
     /// Applies one op under the write lock. Nothing else is done under it.
@@ -330,6 +409,10 @@ impl IndexServer {
         // The replication pieces are made first: the index holds its ends of them.
         let mut index = Index::new(config.clone(), crate::net::now_ms)?;
         let mut catch_up = None;
+        let (plan_wake, plan_woken) = crossbeam_channel::bounded(1);
+        if matches!(config.role, Role::Primary { .. }) {
+            index.plan_wake = Some(plan_wake);
+        }
         match &config.role {
             Role::Primary { shadows } if !shadows.is_empty() => {
                 if let Some((shadow, snapshot)) = sync::recover(shadows, &secret) {
@@ -378,11 +461,16 @@ impl IndexServer {
                     sync::catch_up(&index, &primary, &secret, &wants, &stopped)
                 })?);
             }
-            // Only a primary prunes and expires: a shadow changes by its primary's ops alone.
+            // Only a primary prunes, expires and plans: a shadow changes by its primary's ops
+            // alone.
             None => {
-                let (index, stopped) = (index.clone(), stopped.clone());
+                let (index2, stopped2) = (index.clone(), stopped.clone());
                 threads.push(spawn("sweeper".into(), move || {
-                    sweep::run(&index, &stopped)
+                    sweep::run(&index2, &stopped2)
+                })?);
+                let (index, stopped) = (index.clone(), stopped.clone());
+                threads.push(spawn("planner".into(), move || {
+                    replicate::run(&index, &plan_woken, &stopped)
                 })?);
             }
         }

@@ -9,10 +9,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use serde::Serialize;
-
 use super::state::{IndexState, Millis};
-use crate::protocol::Task;
+use crate::protocol::{Task, UnderReplicatedFile};
 
 /// At most this many sources per task: enough to survive a few dead holders, short enough to
 /// keep answers small for popular files.
@@ -135,16 +133,6 @@ impl InFlight {
     }
 }
 
-/// A file whose latest version has fewer up-to-date holders than wanted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct UnderReplicated {
-    pub name: String,
-    pub version: u64,
-    pub holders: usize,
-    /// Copies of it in flight.
-    pub in_flight: usize,
-}
-
 /// What one planning pass did.
 #[derive(Debug, Default)]
 pub struct Plan {
@@ -153,7 +141,7 @@ pub struct Plan {
     /// Tasks that ran past their deadline and were taken back.
     pub timed_out: Vec<Assignment>,
     /// Files below the replication factor after this pass, by name.
-    pub under_replicated: Vec<UnderReplicated>,
+    pub under_replicated: Vec<UnderReplicatedFile>,
 }
 
 /// One planning pass. First the copies in flight are checked against the state: done (the
@@ -278,7 +266,7 @@ pub fn plan(state: &IndexState, flight: &mut InFlight, now: Millis, cfg: &PlanCo
                 assigned_here += 1;
             }
         }
-        out.under_replicated.push(UnderReplicated {
+        out.under_replicated.push(UnderReplicatedFile {
             name: name.to_string(),
             version,
             holders,

@@ -84,12 +84,22 @@ pub fn run(peer: &Peer, stop: &Receiver<()>, tasks: &TaskQueue) {
                 RETRY
             }
         } else {
-            match peer.heartbeat() {
+            // A long poll: the index answers at once when it has a task for us, else after
+            // about one interval; then we go again.
+            let interval = peer.heartbeat_interval();
+            let sent = std::time::Instant::now();
+            match peer.heartbeat(interval) {
                 Ok(response) => {
+                    let got_tasks = !response.tasks.is_empty();
                     tasks.offer(response.tasks);
                     // The index takes writes again: settle what it left unanswered.
                     peer.settle_in_doubt();
-                    peer.heartbeat_interval()
+                    if got_tasks {
+                        Duration::ZERO
+                    } else {
+                        // An index that did not hold the answer: keep the interval anyway.
+                        interval.saturating_sub(sent.elapsed())
+                    }
                 }
                 // The index forgot us (restart, prune): register again right away.
                 Err(e) if e.needs_register() => {
@@ -180,6 +190,9 @@ fn run_task(peer: &Peer, task: &Task) {
                 log::warn!("task {}: announce failed: {e}", task.task_id);
             }
         }
-        Err(e) => log::warn!("task {}: {} failed: {e}", task.task_id, want.name),
+        Err(e) => {
+            log::warn!("task {}: {} failed: {e}", task.task_id, want.name);
+            peer.task_failed(&task.task_id, e.to_string());
+        }
     }
 }

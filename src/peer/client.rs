@@ -82,6 +82,8 @@ pub fn http_agent(connect: Duration, answer: Duration) -> ureq::Agent {
 pub struct IndexClient {
     servers: Vec<String>,
     agent: ureq::Agent,
+    /// Bound on each phase of a call (the connect phase gets a quarter).
+    timeout: Duration,
     /// The server tried first: the one that last answered.
     current: AtomicUsize,
 }
@@ -105,6 +107,7 @@ impl IndexClient {
         IndexClient {
             servers,
             agent: http_agent(timeout / 4, timeout),
+            timeout,
             current: AtomicUsize::new(0),
         }
     }
@@ -150,8 +153,11 @@ impl IndexClient {
         self.post(protocol::PATH_REGISTER, rq)
     }
 
+    /// A heartbeat; with `rq.wait_ms` set the index may hold it that long (long poll), so the
+    /// answer is awaited that much longer.
     pub fn heartbeat(&self, rq: &HeartbeatRequest) -> Result<HeartbeatResponse, ClientError> {
-        self.post(protocol::PATH_HEARTBEAT, rq)
+        let wait = Duration::from_millis(rq.wait_ms.unwrap_or(0));
+        self.call(protocol::PATH_HEARTBEAT, Some(rq), wait)
     }
 
     pub fn announce(&self, rq: &AnnounceRequest) -> Result<AnnounceResponse, ClientError> {
@@ -181,7 +187,7 @@ impl IndexClient {
             protocol::PATH_FILE,
             protocol::url_encode(name)
         );
-        self.call(&path, None::<&()>)
+        self.call(&path, None::<&()>, Duration::ZERO)
     }
 
     pub fn search(&self, text: &str, limit: usize) -> Result<SearchResponse, ClientError> {
@@ -190,11 +196,11 @@ impl IndexClient {
             protocol::PATH_SEARCH,
             protocol::url_encode(text)
         );
-        self.call(&path, None::<&()>)
+        self.call(&path, None::<&()>, Duration::ZERO)
     }
 
     pub fn status(&self) -> Result<StatusResponse, ClientError> {
-        self.call(protocol::PATH_STATUS, None::<&()>)
+        self.call(protocol::PATH_STATUS, None::<&()>, Duration::ZERO)
     }
 
     fn post<B: Serialize, T: DeserializeOwned>(
@@ -202,15 +208,17 @@ impl IndexClient {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        self.call(path, Some(body))
+        self.call(path, Some(body), Duration::ZERO)
     }
 
     /// Sends the request to each server in turn, starting with the current one, until one
-    /// answers (2xx, or a 4xx other than a shadow's read-only refusal).
+    /// answers (2xx, or a 4xx other than a shadow's read-only refusal). `hold` is how long
+    /// the server may hold the answer on purpose (a long poll), added to the answer timeout.
     fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
         body: Option<&B>,
+        hold: Duration,
     ) -> Result<T, ClientError> {
         let mut tries = Vec::new();
         let mut read_only = false;
@@ -219,10 +227,14 @@ impl IndexClient {
         for i in (0..n).map(|k| (first + k) % n) {
             let server = &self.servers[i];
             let url = format!("{server}{path}");
+            let answer_within = self.timeout + hold;
             let sent = match body {
                 Some(b) => self
                     .agent
                     .post(&url)
+                    .config()
+                    .timeout_recv_response(Some(answer_within))
+                    .build()
                     .header("Connection", "close")
                     .send_json(b),
                 None => self.agent.get(&url).header("Connection", "close").call(),

@@ -29,7 +29,7 @@ use files::{Changes, Identity, LocalStore};
 
 use crate::protocol::{
     AnnounceRequest, AnnounceResponse, FileMeta, HeartbeatRequest, HeartbeatResponse,
-    RegisterRequest, RegisterResponse, SearchResult, UnregisterRequest,
+    RegisterRequest, RegisterResponse, SearchResult, TaskFailure, UnregisterRequest,
 };
 
 #[derive(Debug, Clone)]
@@ -114,6 +114,12 @@ pub struct Peer {
     pending: Mutex<BTreeMap<String, Option<FileMeta>>>,
     /// Publishes no index confirmed or refused (see `edit`).
     in_doubt: Mutex<Vec<edit::InDoubt>>,
+    /// Tasks given up on since the last heartbeat.
+    failed_tasks: Mutex<Vec<TaskFailure>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Peer {
@@ -131,6 +137,7 @@ impl Peer {
             notices: Mutex::new(Vec::new()),
             pending: Mutex::new(BTreeMap::new()),
             in_doubt: Mutex::new(Vec::new()),
+            failed_tasks: Mutex::new(Vec::new()),
             config,
         })
     }
@@ -248,18 +255,22 @@ impl Peer {
 
     /// Tells the index we are alive, with the queued changes of the file list. When the
     /// report may have been lost, the next agent round registers the whole list instead.
-    pub fn heartbeat(&self) -> Result<HeartbeatResponse, ClientError> {
+    /// `wait` lets the index hold the answer until it has a task for us (long poll).
+    pub fn heartbeat(&self, wait: Duration) -> Result<HeartbeatResponse, ClientError> {
         let Some(id) = self.identity() else {
             self.request_register();
             return Err(ClientError::Unavailable(vec!["not registered yet".into()]));
         };
         let changes = self.take_pending();
         let had_changes = !changes.is_empty();
+        let failed = std::mem::take(&mut *lock(&self.failed_tasks));
         let rq = HeartbeatRequest {
             peer_id: id.peer_id,
             token: id.token,
             added: changes.added,
             removed: changes.removed,
+            failed,
+            wait_ms: (!wait.is_zero()).then_some(wait.as_millis() as u64),
         };
         match self.index.heartbeat(&rq) {
             Ok(response) => {
@@ -270,15 +281,20 @@ impl Peer {
                 if had_changes || e.needs_register() {
                     self.request_register();
                 }
+                // Told again next time.
+                lock(&self.failed_tasks).extend(rq.failed);
                 Err(e)
             }
         }
     }
 
-    /// Rescans now and reports what changed at once.
-    pub fn sync_now(&self) -> Result<(), String> {
-        self.rescan().map_err(|e| e.to_string())?;
-        self.heartbeat().map(|_| ()).map_err(|e| e.to_string())
+    /// A task we could not carry out; the next heartbeat tells the index, which gives it to
+    /// another peer.
+    pub fn task_failed(&self, task_id: &str, reason: String) {
+        lock(&self.failed_tasks).push(TaskFailure {
+            task_id: task_id.to_string(),
+            reason,
+        });
     }
 
     /// Tells the index we hold `meta`. Publishing a new version takes the file's `lease_id`.

@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -210,7 +211,12 @@ pub fn start_index(extra: &[&str]) -> IndexProc {
 
 pub fn start_index_on(listen: &str, extra: &[&str]) -> IndexProc {
     let mut args = vec!["--listen", listen];
-    for (flag, value) in [("--heartbeat-interval", "0.3"), ("--peer-timeout", "3")] {
+    // Replication off unless a test asks for it: other tests count holders exactly.
+    for (flag, value) in [
+        ("--heartbeat-interval", "0.3"),
+        ("--peer-timeout", "3"),
+        ("--replication-factor", "1"),
+    ] {
         if !extra.contains(&flag) {
             args.extend([flag, value]);
         }
@@ -350,6 +356,30 @@ impl Drop for ReleaseOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::write(&self.0, b"");
     }
+}
+
+/// A file server that answers every request with `len` bytes of 'X' (a holder serving
+/// corrupted content). Returns its address and a count of the requests it served.
+pub fn corrupt_server(len: usize) -> (String, Arc<AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let served = Arc::new(AtomicUsize::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = String::new();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            while reader.read_line(&mut head).is_ok_and(|n| n > 2) {}
+            count.fetch_add(1, Ordering::SeqCst);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+            );
+            let _ = stream.write_all(&vec![b'X'; len]);
+        }
+    });
+    (addr, served)
 }
 
 /// Calls `check` until it returns `Some`, or panics with `what` after the deadline.

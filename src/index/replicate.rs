@@ -1,0 +1,174 @@
+//! The replication edge: a thread that runs the planner every `--plan-interval` and at once
+//! when an op may have changed what is under-replicated, and the long poll that carries its
+//! tasks to peers within milliseconds.
+//!
+//! Tasks travel only inside register and heartbeat answers (the index never connects to a
+//! peer, which may sit behind NAT). A heartbeat that finds no task for its peer and asks to
+//! wait is parked here: the HTTP worker hands the request over and goes back to serving, so
+//! waiting peers hold no worker thread. A parked request is answered as soon as the planner
+//! gives its peer a task, or with no task when its wait is over.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+
+use super::http::{respond, Reply};
+use super::planner::{self, PlanConfig};
+use super::Index;
+use crate::protocol::{HeartbeatResponse, Rejected};
+
+/// The longest a heartbeat is held, whatever the peer asks.
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// How often parked requests are checked for the end of their wait.
+const TICK: Duration = Duration::from_millis(50);
+
+struct Parked {
+    request: tiny_http::Request,
+    until: Instant,
+    /// What the heartbeat itself was answered (files the index refused), sent with the tasks.
+    rejected: Vec<Rejected>,
+}
+
+/// Heartbeats waiting for a task, one per peer.
+#[derive(Default)]
+pub struct Waiters {
+    parked: Mutex<HashMap<String, Parked>>,
+}
+
+impl Waiters {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Parked>> {
+        self.parked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Holds `request` until a task for `peer_id` appears or `wait` is over. A request of the
+    /// same peer already waiting is answered now (its client has given up or sent anew).
+    pub fn park(
+        &self,
+        index: &Index,
+        peer_id: String,
+        request: tiny_http::Request,
+        wait: Duration,
+        rejected: Vec<Rejected>,
+    ) {
+        let parked = Parked {
+            request,
+            until: Instant::now() + wait.min(MAX_WAIT),
+            rejected,
+        };
+        if let Some(old) = self.lock().insert(peer_id.clone(), parked) {
+            answer(index, &peer_id, old);
+        }
+        // A task planned between the handler's look and the parking must not wait.
+        if !index.tasks_for(&peer_id).is_empty() {
+            self.wake(index, &peer_id);
+        }
+    }
+
+    /// Answers `peer_id`'s waiting heartbeat, if any, with its tasks.
+    pub fn wake(&self, index: &Index, peer_id: &str) {
+        let parked = self.lock().remove(peer_id);
+        if let Some(parked) = parked {
+            answer(index, peer_id, parked);
+        }
+    }
+
+    /// Answers the heartbeats whose wait is over (all of them when `all`).
+    fn expire(&self, index: &Index, all: bool) {
+        let now = Instant::now();
+        let due: Vec<(String, Parked)> = {
+            let mut parked = self.lock();
+            let ids: Vec<String> = parked
+                .iter()
+                .filter(|(_, p)| all || p.until <= now)
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| parked.remove(&id).map(|p| (id, p)))
+                .collect()
+        };
+        for (peer_id, parked) in due {
+            answer(index, &peer_id, parked);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+}
+
+fn answer(index: &Index, peer_id: &str, parked: Parked) {
+    let reply = Reply::json(
+        200,
+        &HeartbeatResponse {
+            tasks: index.tasks_for(peer_id),
+            rejected: parked.rejected,
+        },
+    );
+    respond(parked.request, reply);
+}
+
+/// The planner thread: plans every `plan_interval`, and at once when woken; answers waiting
+/// heartbeats as their tasks appear or their wait ends. Loops until `stop` closes, then
+/// answers every waiting heartbeat.
+pub fn run(index: &Index, wake: &Receiver<()>, stop: &Receiver<()>) {
+    let config = index.config();
+    let plan_config = PlanConfig {
+        replication_factor: config.replication_factor,
+        max_tasks_per_peer: config.max_tasks_per_peer.max(1),
+        task_timeout_ms: config.task_timeout.as_millis() as u64,
+    };
+    let mut next_plan = Instant::now();
+    loop {
+        let wait = next_plan
+            .saturating_duration_since(Instant::now())
+            .min(TICK);
+        let woken = crossbeam_channel::select! {
+            recv(wake) -> msg => msg.is_ok(),
+            recv(stop) -> _ => {
+                index.waiters.expire(index, true);
+                return;
+            },
+            default(wait) => false,
+        };
+        if woken || Instant::now() >= next_plan {
+            plan_once(index, &plan_config);
+            next_plan = Instant::now() + config.plan_interval;
+        }
+        index.waiters.expire(index, false);
+    }
+}
+
+/// One pass of the planner over the state, then the waiting heartbeats of the peers that got
+/// tasks are answered.
+fn plan_once(index: &Index, config: &PlanConfig) {
+    if config.replication_factor < 2 {
+        return;
+    }
+    let now = index.now();
+    let plan = {
+        let state = index.read();
+        let mut flight = index.flight();
+        planner::plan(&state, &mut flight, now, config)
+    };
+    for late in &plan.timed_out {
+        log::warn!(
+            "copy task {} on peer {} timed out; reassigning",
+            late.task.task_id,
+            late.peer_id
+        );
+    }
+    if !plan.assigned.is_empty() {
+        log::debug!("copy tasks for {} peer(s)", plan.assigned.len());
+    }
+    index.set_under_replicated(plan.under_replicated);
+    for peer_id in &plan.assigned {
+        index.waiters.wake(index, peer_id);
+    }
+}
