@@ -118,13 +118,21 @@ pub fn run(peer: &Peer, stop: &Receiver<()>, tasks: &TaskQueue) {
     }
 }
 
-/// The scanner: rescans the shared folder every rescan interval and queues what changed for
-/// the next heartbeat. Hashing a large new file takes a while; on its own thread it never
-/// delays a heartbeat.
+/// The scanner: rescans the shared folder every rescan interval and reports what changed at
+/// once, in a heartbeat that does not wait (the agent's own heartbeat is usually held by the
+/// index until it has a task for us). Hashing a large new file takes a while; on its own
+/// thread it never delays a heartbeat.
 pub fn run_scanner(peer: &Peer, stop: &Receiver<()>) {
     while !stopped(stop, peer.config().rescan_interval) {
-        if let Err(e) = peer.rescan() {
-            log::warn!("rescan of {} failed: {e}", peer.store.dir().display());
+        match peer.rescan() {
+            Ok(true) if !peer.needs_register() => {
+                // On failure the changes are not lost: the agent registers the whole list.
+                if let Err(e) = peer.heartbeat(Duration::ZERO) {
+                    log::debug!("reporting changes failed: {e}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("rescan of {} failed: {e}", peer.store.dir().display()),
         }
     }
 }

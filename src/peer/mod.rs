@@ -189,8 +189,10 @@ impl Peer {
     }
 
     /// Rescans the shared folder and queues what changed for the next heartbeat.
-    pub fn rescan(&self) -> io::Result<()> {
+    /// Returns whether anything changed.
+    pub fn rescan(&self) -> io::Result<bool> {
         let changes = self.store.rescan()?;
+        let changed = !changes.is_empty();
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         for meta in changes.added {
             pending.insert(meta.name.clone(), Some(meta));
@@ -198,7 +200,7 @@ impl Peer {
         for name in changes.removed {
             pending.insert(name, None);
         }
-        Ok(())
+        Ok(changed)
     }
 
     fn take_pending(&self) -> Changes {
