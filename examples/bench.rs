@@ -500,6 +500,9 @@ fn main() {
         workers: args.workers,
         heartbeat_interval: Duration::from_secs(60),
         peer_timeout: Duration::from_secs(3600),
+        // The load generator's peers never copy anything: measure the request path alone
+        // (examples/replication.rs measures replication).
+        replication_factor: 1,
         ..IndexConfig::default()
     })
     .expect("start index");

@@ -85,6 +85,8 @@ pub struct Assignment {
 #[derive(Debug, Default)]
 pub struct InFlight {
     by_id: BTreeMap<String, Assignment>,
+    /// peer -> its task ids, so a heartbeat finds its peer's tasks without a scan.
+    by_peer: HashMap<String, BTreeSet<String>>,
     /// (file, version, peer) -> until when not to ask that peer again.
     cooling: HashMap<(String, u64, String), Millis>,
 }
@@ -100,23 +102,43 @@ impl InFlight {
 
     /// The copy tasks `peer_id` has in flight, to send (again) with its next answer.
     pub fn tasks_for(&self, peer_id: &str) -> Vec<Task> {
-        self.by_id
-            .values()
-            .filter(|a| a.peer_id == peer_id)
+        self.by_peer
+            .get(peer_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.by_id.get(id))
             .map(|a| a.task.clone())
             .collect()
     }
 
     /// The peer reports that it could not make the copy: it goes to someone else.
     pub fn failed(&mut self, peer_id: &str, task_id: &str, now: Millis, cool_down_ms: u64) -> bool {
-        match self.by_id.get(task_id) {
-            Some(a) if a.peer_id == peer_id => {
-                let a = self.by_id.remove(task_id).expect("just found");
-                self.cool(&a, now + cool_down_ms);
-                true
-            }
-            _ => false,
+        if self.by_id.get(task_id).is_none_or(|a| a.peer_id != peer_id) {
+            return false;
         }
+        if let Some(a) = self.remove(task_id) {
+            self.cool(&a, now + cool_down_ms);
+        }
+        true
+    }
+
+    fn insert(&mut self, a: Assignment) {
+        self.by_peer
+            .entry(a.peer_id.clone())
+            .or_default()
+            .insert(a.task.task_id.clone());
+        self.by_id.insert(a.task.task_id.clone(), a);
+    }
+
+    fn remove(&mut self, task_id: &str) -> Option<Assignment> {
+        let a = self.by_id.remove(task_id)?;
+        if let Some(ids) = self.by_peer.get_mut(&a.peer_id) {
+            ids.remove(task_id);
+            if ids.is_empty() {
+                self.by_peer.remove(&a.peer_id);
+            }
+        }
+        Some(a)
     }
 
     fn cool(&mut self, a: &Assignment, until: Millis) {
@@ -167,7 +189,7 @@ pub fn plan(state: &IndexState, flight: &mut InFlight, now: Millis, cfg: &PlanCo
         }
     }
     for (id, late) in settled {
-        if let Some(a) = flight.by_id.remove(&id) {
+        if let Some(a) = flight.remove(&id) {
             if late {
                 flight.cool(&a, now + cfg.task_timeout_ms);
                 out.timed_out.push(a);
@@ -275,7 +297,7 @@ pub fn plan(state: &IndexState, flight: &mut InFlight, now: Millis, cfg: &PlanCo
     }
     for a in new {
         out.assigned.insert(a.peer_id.clone());
-        flight.by_id.insert(a.task.task_id.clone(), a);
+        flight.insert(a);
     }
     out
 }

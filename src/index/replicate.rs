@@ -25,6 +25,10 @@ pub const MAX_WAIT: Duration = Duration::from_secs(30);
 /// How often parked requests are checked for the end of their wait.
 const TICK: Duration = Duration::from_millis(50);
 
+/// The least time between two planning passes: under a stream of writes, each of which wakes
+/// the planner, passes (each a read-locked walk over the files) must not crowd out writers.
+const MIN_GAP: Duration = Duration::from_millis(50);
+
 struct Parked {
     request: tiny_http::Request,
     until: Instant,
@@ -58,8 +62,9 @@ impl Waiters {
             until: Instant::now() + wait.min(MAX_WAIT),
             rejected,
         };
-        if let Some(old) = self.lock().insert(peer_id.clone(), parked) {
-            answer(index, &peer_id, old);
+        let older = self.lock().insert(peer_id.clone(), parked);
+        if let Some(older) = older {
+            answer(index, &peer_id, older);
         }
         // A task planned between the handler's look and the parking must not wait.
         if !index.tasks_for(&peer_id).is_empty() {
@@ -125,21 +130,26 @@ pub fn run(index: &Index, wake: &Receiver<()>, stop: &Receiver<()>) {
         task_timeout_ms: config.task_timeout.as_millis() as u64,
     };
     let mut next_plan = Instant::now();
+    let mut last_plan = Instant::now() - MIN_GAP;
     loop {
         let wait = next_plan
             .saturating_duration_since(Instant::now())
             .min(TICK);
-        let woken = crossbeam_channel::select! {
-            recv(wake) -> msg => msg.is_ok(),
+        crossbeam_channel::select! {
+            recv(wake) -> msg => if msg.is_ok() {
+                // Soon, but not sooner than MIN_GAP after the last pass.
+                next_plan = next_plan.min(last_plan + MIN_GAP);
+            },
             recv(stop) -> _ => {
                 index.waiters.expire(index, true);
                 return;
             },
-            default(wait) => false,
-        };
-        if woken || Instant::now() >= next_plan {
+            default(wait) => {},
+        }
+        if Instant::now() >= next_plan {
             plan_once(index, &plan_config);
-            next_plan = Instant::now() + config.plan_interval;
+            last_plan = Instant::now();
+            next_plan = last_plan + config.plan_interval;
         }
         index.waiters.expire(index, false);
     }
