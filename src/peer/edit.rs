@@ -234,8 +234,20 @@ impl Peer {
             size,
             sha256,
         };
+        // In place before the index hears of it: holders of the old version are told to fetch
+        // the new one the moment the index accepts it, and may ask us first.
+        let staged = match self.store.stage(&work, &meta) {
+            Ok(staged) => staged,
+            Err(e) => {
+                let kept = self.store.set_aside(&work, name)?;
+                return Ok(EditOutcome::NotPublished {
+                    why: format!("could not put the new version in place: {e}"),
+                    kept,
+                });
+            }
+        };
         if let Err(e) = self.publish(&meta, &held.request.lease_id) {
-            let kept = self.store.set_aside(&work, name)?;
+            let kept = self.store.undo(staged)?;
             let why = e.to_string();
             if matches!(e, ClientError::Api { .. }) {
                 return Ok(EditOutcome::NotPublished { why, kept });
@@ -251,25 +263,17 @@ impl Peer {
             return Ok(EditOutcome::InDoubt { why, kept });
         }
         held.spent = true;
-        let installed = self.store.install(&work, &meta, LocalChanges::SetAside);
         self.installed(name);
-        match installed {
+        match self.store.commit(staged) {
             Ok(Some(aside)) => say(format!(
                 "{name} changed in the shared folder during the edit; that copy is kept at {}",
                 aside.display()
             )),
             Ok(None) => {}
-            Err(e) => {
-                // Published, but not in place here: keep the bytes, and say so.
-                let kept = self.store.set_aside(&work, name)?;
-                return Ok(EditOutcome::NotPublished {
-                    why: format!(
-                        "the index has v{} but it could not be saved here: {e}",
-                        meta.version
-                    ),
-                    kept,
-                });
-            }
+            Err(e) => log::warn!(
+                "could not clear the copy {name} v{} replaced: {e}",
+                base.version
+            ),
         }
         Ok(EditOutcome::Published { meta })
     }

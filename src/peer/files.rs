@@ -58,6 +58,21 @@ impl Changes {
     }
 }
 
+/// A new version put in place ahead of its publish (see `LocalStore::stage`).
+#[must_use = "a staged file is committed or undone"]
+pub struct Staged {
+    name: String,
+    previous: Option<Previous>,
+}
+
+/// The copy a staged file replaced, kept until the publish is settled.
+struct Previous {
+    backup: PathBuf,
+    entry: Option<Entry>,
+    /// It held changes never scanned (made while the edit ran).
+    changed: bool,
+}
+
 /// The identity the index gave this peer; kept private in `DIR/.nap/`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
@@ -335,9 +350,86 @@ impl LocalStore {
                 LocalChanges::SetAside => set_aside = Some(self.set_aside(&target, &meta.name)?),
             }
         }
-        fs::rename(partial, &target)?;
+        self.put_in_place(partial, &target, meta)?;
+        Ok(set_aside)
+    }
+
+    /// Puts `new` in place as `meta` ahead of publishing it, keeping the copy it replaces so
+    /// that a refused publish can be undone. Peers told of the new version by the index may
+    /// ask for it the moment the index accepts it, so it must already be here by then.
+    pub fn stage(&self, new: &Path, meta: &FileMeta) -> io::Result<Staged> {
+        let _scan = self.scan_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let target = self
+            .path_of(&meta.name)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad file name"))?;
+        let previous = match fs::symlink_metadata(&target) {
+            Ok(_) => {
+                let changed = !self.unchanged_since_scan(&meta.name, &target)?;
+                let backup = self
+                    .nap_dir
+                    .join(EDIT)
+                    .join(format!("{}.previous", meta.name));
+                fs::rename(&target, &backup)?;
+                Some(Previous {
+                    backup,
+                    entry: self.catalog().get(&meta.name).cloned(),
+                    changed,
+                })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        if let Err(e) = self.put_in_place(new, &target, meta) {
+            if let Some(p) = &previous {
+                let _ = fs::rename(&p.backup, &target);
+            }
+            return Err(e);
+        }
+        Ok(Staged {
+            name: meta.name.clone(),
+            previous,
+        })
+    }
+
+    /// The publish went through: the replaced copy goes, unless it held changes never
+    /// scanned (made during the edit), which are kept in `unpublished/`; returns where.
+    pub fn commit(&self, staged: Staged) -> io::Result<Option<PathBuf>> {
+        match staged.previous {
+            Some(p) if p.changed => self.set_aside(&p.backup, &staged.name).map(Some),
+            Some(p) => fs::remove_file(&p.backup).map(|()| None),
+            None => Ok(None),
+        }
+    }
+
+    /// The publish did not go through: the staged file moves to `unpublished/` (returned)
+    /// and the replaced copy, with its catalog entry, comes back.
+    pub fn undo(&self, staged: Staged) -> io::Result<PathBuf> {
+        let _scan = self.scan_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let target = self
+            .path_of(&staged.name)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad file name"))?;
+        let kept = self.set_aside(&target, &staged.name)?;
+        match staged.previous {
+            Some(p) => {
+                fs::rename(&p.backup, &target)?;
+                match p.entry {
+                    Some(entry) => self.catalog().insert(staged.name, entry),
+                    None => self.catalog().remove(&staged.name),
+                };
+            }
+            None => {
+                self.catalog().remove(&staged.name);
+            }
+        }
+        self.save_catalog()?;
+        Ok(kept)
+    }
+
+    /// Renames `new` to `target` and records it as `meta`.
+    fn put_in_place(&self, new: &Path, target: &Path, meta: &FileMeta) -> io::Result<()> {
+        fs::rename(new, target)?;
         File::open(&self.dir)?.sync_all()?;
-        let on_disk = fs::symlink_metadata(&target)?;
+        let on_disk = fs::symlink_metadata(target)?;
         self.catalog().insert(
             meta.name.clone(),
             Entry {
@@ -347,8 +439,7 @@ impl LocalStore {
                 mtime_ns: mtime_ns(&on_disk),
             },
         );
-        self.save_catalog()?;
-        Ok(set_aside)
+        self.save_catalog()
     }
 
     fn save_catalog(&self) -> io::Result<()> {
@@ -506,6 +597,44 @@ mod tests {
         assert_eq!(fs::read_to_string(&kept).unwrap(), "my edit");
         assert_eq!(fs::read_to_string(&doc).unwrap(), "v2");
         assert_eq!(store.get("doc").unwrap().version, 2);
+    }
+
+    #[test]
+    fn a_staged_version_is_committed_or_undone_without_losing_a_byte() {
+        let tmp = tempfile::tempdir().unwrap();
+        let doc = tmp.path().join("doc");
+        fs::write(&doc, "v1").unwrap();
+        let store = LocalStore::open(tmp.path()).unwrap();
+        store.rescan().unwrap();
+        let v1 = store.get("doc").unwrap();
+        let v2 = |store: &LocalStore, content: &str| {
+            let work = store.edit_path("doc").unwrap();
+            fs::write(&work, content).unwrap();
+            let meta = FileMeta {
+                version: 2,
+                size: content.len() as u64,
+                sha256: sha256_of(content.as_bytes()).unwrap(),
+                ..v1.clone()
+            };
+            (store.stage(&work, &meta).unwrap(), meta)
+        };
+        // Undone: the edit goes to unpublished/, v1 and its catalog entry come back.
+        let (staged, _) = v2(&store, "refused");
+        assert_eq!(fs::read_to_string(&doc).unwrap(), "refused");
+        let kept = store.undo(staged).unwrap();
+        assert_eq!(fs::read_to_string(kept).unwrap(), "refused");
+        assert_eq!(fs::read_to_string(&doc).unwrap(), "v1");
+        assert_eq!(store.get("doc"), Some(v1.clone()));
+        assert!(store.rescan().unwrap().is_empty(), "catalog and disk agree");
+        // Committed: v2 stays, the old copy is gone (it was the catalogued v1).
+        let (staged, meta) = v2(&store, "accepted");
+        assert_eq!(store.commit(staged).unwrap(), None);
+        assert_eq!(store.get("doc"), Some(meta));
+        assert!(store.rescan().unwrap().is_empty());
+        assert_eq!(
+            fs::read_dir(tmp.path().join(".nap/edit")).unwrap().count(),
+            0
+        );
     }
 
     #[test]
