@@ -201,6 +201,11 @@ fn run_task(peer: &Peer, task: &Task) {
         Err(e) => {
             log::warn!("task {}: {} failed: {e}", task.task_id, want.name);
             peer.task_failed(&task.task_id, e.to_string());
+            // Say so now, so the copy goes elsewhere without waiting for the long poll; if
+            // this fails the report rides on the next heartbeat.
+            if let Err(e) = peer.heartbeat(Duration::ZERO) {
+                log::debug!("reporting the failed task failed: {e}");
+            }
         }
     }
 }
