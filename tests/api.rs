@@ -239,12 +239,46 @@ fn new_files_and_removals_reach_the_index_and_unleased_edits_are_refused() {
 /// (as peers heartbeat) would hold a thread for good. nap clients send one request per
 /// connection, so every request of many such clients must be answered within the client's
 /// own timeout: none may time out or fail over. (With keep-alive clients this test fails.)
+///
+/// Peers also hold a heartbeat open at all times (the long poll that carries tasks), each on
+/// a pool thread of its own; those must not stall anyone either.
 #[test]
 fn many_periodic_clients_are_served_without_stalls() {
     let index = start_index(&["--workers", "2"]);
     let clients = 48;
     let run_for = Duration::from_secs(3);
+    let pollers: Vec<(String, String)> = (0..16)
+        .map(|n| {
+            let answer = post(
+                &format!("{}/register", index.url),
+                &json!({"addr": format!("127.0.0.1:{}", 9000 + n)}).to_string(),
+            )
+            .json();
+            (
+                answer["peer_id"].as_str().unwrap().to_string(),
+                answer["token"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
     let failures: usize = std::thread::scope(|s| {
+        for (peer_id, token) in &pollers {
+            let url = index.url.clone();
+            s.spawn(move || {
+                let client = IndexClient::new(vec![url], Duration::from_secs(2));
+                let start = std::time::Instant::now();
+                while start.elapsed() < run_for {
+                    let rq = nap::protocol::HeartbeatRequest {
+                        peer_id: peer_id.clone(),
+                        token: token.clone(),
+                        added: vec![],
+                        removed: vec![],
+                        failed: vec![],
+                        wait_ms: Some(5_000),
+                    };
+                    client.heartbeat(&rq).unwrap();
+                }
+            });
+        }
         let handles: Vec<_> = (0..clients)
             .map(|n| {
                 let url = index.url.clone();
