@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::state::{IndexState, Millis};
+use super::state::{FileEntry, IndexState, Millis};
 use crate::protocol::{Task, UnderReplicatedFile};
 
 /// At most this many sources per task: enough to survive a few dead holders, short enough to
@@ -210,7 +210,7 @@ pub fn plan(state: &IndexState, flight: &mut InFlight, now: Millis, cfg: &PlanCo
 
     // Files below R, in name order so that a plan does not depend on hash order.
     let want = cfg.replication_factor;
-    let mut short: Vec<(&str, u64, usize)> = Vec::new();
+    let mut short: Vec<(&str, &FileEntry, u64, usize)> = Vec::new();
     for name in state.file_names() {
         let Some(entry) = state.file(name) else {
             continue;
@@ -219,10 +219,10 @@ pub fn plan(state: &IndexState, flight: &mut InFlight, now: Millis, cfg: &PlanCo
         let holders = entry.holders.values().filter(|v| **v == latest).count();
         // No holder at all: the file left the network with its last holder; not ours to copy.
         if holders > 0 && holders < want {
-            short.push((name, latest, holders));
+            short.push((name, entry, latest, holders));
         }
     }
-    short.sort_unstable();
+    short.sort_unstable_by_key(|(name, ..)| *name);
 
     // Peers that can take a task, least loaded first.
     let mut ready: BTreeSet<(usize, usize, &str)> = state
@@ -235,64 +235,56 @@ pub fn plan(state: &IndexState, flight: &mut InFlight, now: Millis, cfg: &PlanCo
         .collect();
 
     let mut new = Vec::new();
-    for (name, version, holders) in short {
-        let in_flight = per_copy.get(&(name, version)).map_or(0, Vec::len);
-        let mut missing = want.saturating_sub(holders + in_flight);
-        let entry = state.file(name);
-        let sources: Vec<String> = entry
-            .map(|e| {
-                e.holders
-                    .iter()
-                    .filter(|(_, v)| **v == version)
-                    .filter_map(|(id, _)| state.peer(id).map(|p| p.addr.clone()))
-                    .take(MAX_SOURCES)
-                    .collect()
+    for (name, entry, version, holders) in short {
+        let taken_by = per_copy.get(&(name, version));
+        let in_flight = taken_by.map_or(0, Vec::len);
+        let missing = want.saturating_sub(holders + in_flight);
+        let Some(info) = entry.versions.get(&version) else {
+            continue;
+        };
+        // Not a holder of any version (stale ones are refreshed instead), not already copying
+        // it, not lately failed at it.
+        let candidates: Vec<(usize, usize, &str)> = ready
+            .iter()
+            .filter(|(_, _, id)| {
+                !entry.holders.contains_key(*id)
+                    && !taken_by.is_some_and(|t| t.contains(id))
+                    && !flight.cooling(name, version, id, now)
             })
-            .unwrap_or_default();
-        let mut assigned_here = 0;
-        {
-            let info = entry.and_then(|e| e.versions.get(&version));
-            let taken_by = per_copy.get(&(name, version));
-            let candidates: Vec<(usize, usize, &str)> = ready
-                .iter()
-                .filter(|(_, _, id)| {
-                    // Not a holder of any version (stale ones are refreshed), not already
-                    // copying it, not lately failed at it.
-                    entry.is_some_and(|e| !e.holders.contains_key(*id))
-                        && !taken_by.is_some_and(|t| t.contains(id))
-                        && !flight.cooling(name, version, id, now)
-                })
-                .take(missing)
-                .copied()
-                .collect();
-            for key in candidates {
-                let Some(info) = info else { break };
-                let (files, tasks, id) = key;
-                ready.remove(&key);
-                if tasks + 1 < cfg.max_tasks_per_peer {
-                    ready.insert((files + 1, tasks + 1, id));
-                }
-                new.push(Assignment {
-                    peer_id: id.to_string(),
-                    task: Task {
-                        task_id: format!("copy:{name}:v{version}:{id}"),
-                        file: name.to_string(),
-                        version,
-                        sha256: info.sha256.clone(),
-                        size: info.size,
-                        sources: sources.clone(),
-                    },
-                    deadline_ms: now + cfg.task_timeout_ms,
-                });
-                missing -= 1;
-                assigned_here += 1;
+            .take(missing)
+            .copied()
+            .collect();
+        let sources: Vec<String> = entry
+            .holders
+            .iter()
+            .filter(|(_, v)| **v == version)
+            .filter_map(|(id, _)| state.peer(id).map(|p| p.addr.clone()))
+            .take(MAX_SOURCES)
+            .collect();
+        for key in &candidates {
+            let (files, tasks, id) = *key;
+            ready.remove(key);
+            if tasks + 1 < cfg.max_tasks_per_peer {
+                ready.insert((files + 1, tasks + 1, id));
             }
+            new.push(Assignment {
+                peer_id: id.to_string(),
+                task: Task {
+                    task_id: format!("copy:{name}:v{version}:{id}"),
+                    file: name.to_string(),
+                    version,
+                    sha256: info.sha256.clone(),
+                    size: info.size,
+                    sources: sources.clone(),
+                },
+                deadline_ms: now + cfg.task_timeout_ms,
+            });
         }
         out.under_replicated.push(UnderReplicatedFile {
             name: name.to_string(),
             version,
             holders,
-            in_flight: in_flight + assigned_here,
+            in_flight: in_flight + candidates.len(),
         });
     }
     for a in new {
