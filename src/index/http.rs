@@ -421,7 +421,7 @@ fn register(index: &Index, rq: RegisterRequest) -> Result<Reply, ApiError> {
             format!(" ({} file(s) rejected)", rejected.len())
         }
     );
-    let tasks = index.tasks_for(&peer_id);
+    let tasks = index.deliver_tasks(&peer_id);
     Ok(Reply::json(
         200,
         &RegisterResponse {
@@ -464,17 +464,24 @@ fn heartbeat(index: &Index, rq: HeartbeatRequest) -> Result<Reply, ApiError> {
     };
     // Reported only once the peer is known to be who it says (the op or touch checked it).
     index.tasks_failed(&peer_id, &failed);
-    let tasks = index.tasks_for(&peer_id);
-    if tasks.is_empty() && !wait.is_zero() {
-        let mut reply = Reply::json(200, &HeartbeatResponse::default());
-        reply.park = Some(Park {
-            peer_id,
-            wait,
-            rejected,
-        });
-        return Ok(reply);
+    if wait.is_zero() {
+        // A report, not a poll: the tasks go along for information, the poll delivers them.
+        let tasks = index.tasks_for(&peer_id);
+        return Ok(Reply::json(200, &HeartbeatResponse { tasks, rejected }));
     }
-    Ok(Reply::json(200, &HeartbeatResponse { tasks, rejected }))
+    if index.has_new_tasks(&peer_id) {
+        let tasks = index.deliver_tasks(&peer_id);
+        return Ok(Reply::json(200, &HeartbeatResponse { tasks, rejected }));
+    }
+    // Nothing new: hold the poll until there is, or its wait is over (then it carries the
+    // tasks already sent again, as a reminder).
+    let mut reply = Reply::json(200, &HeartbeatResponse::default());
+    reply.park = Some(Park {
+        peer_id,
+        wait,
+        rejected,
+    });
+    Ok(reply)
 }
 
 fn announce(index: &Index, rq: AnnounceRequest) -> Result<Reply, ApiError> {

@@ -152,8 +152,15 @@ impl Index {
     }
 
     /// Applies `op` to `state` (write-locked by the caller) and logs it for the shadows.
-    /// Every change may change what is under-replicated, so the planner is woken too.
+    /// Every change may change what is under-replicated, so the planner is woken too; an
+    /// announce also settles the copy task it completes.
     fn apply(&self, state: &mut IndexState, op: Op, now: Millis) -> Result<Outcome, StateError> {
+        let copied = match &op {
+            Op::Announce { peer_id, file, .. } => {
+                Some((peer_id.clone(), file.name.clone(), file.version))
+            }
+            _ => None,
+        };
         let outcome = match &self.log {
             None => state.apply(op, now)?,
             Some(log) => {
@@ -167,6 +174,9 @@ impl Index {
                 outcome
             }
         };
+        if let Some((peer_id, file, version)) = copied {
+            self.flight().done(&peer_id, &file, version);
+        }
         if let Some(wake) = &self.plan_wake {
             let _ = wake.try_send(());
         }
@@ -183,6 +193,19 @@ impl Index {
         let mut tasks = planner::refresh_tasks(&self.read(), peer_id);
         tasks.extend(self.flight().tasks_for(peer_id));
         tasks
+    }
+
+    /// `tasks_for`, with the copies marked as sent: for the answers a peer acts on (its long
+    /// poll, its register).
+    pub fn deliver_tasks(&self, peer_id: &str) -> Vec<crate::protocol::Task> {
+        let mut tasks = planner::refresh_tasks(&self.read(), peer_id);
+        tasks.extend(self.flight().deliver(peer_id));
+        tasks
+    }
+
+    /// Whether `peer_id` has a copy task it has not been sent: its long poll answers at once.
+    pub fn has_new_tasks(&self, peer_id: &str) -> bool {
+        self.flight().has_unsent(peer_id)
     }
 
     /// The peer gave up on these copies: the planner gives them to someone else.

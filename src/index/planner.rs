@@ -78,6 +78,8 @@ pub struct Assignment {
     pub peer_id: String,
     pub task: Task,
     pub deadline_ms: Millis,
+    /// Sent to the peer in a heartbeat answer at least once.
+    pub sent: bool,
 }
 
 /// Copy tasks in flight, and copies that failed or timed out lately (not handed to the same
@@ -109,6 +111,41 @@ impl InFlight {
             .filter_map(|id| self.by_id.get(id))
             .map(|a| a.task.clone())
             .collect()
+    }
+
+    /// The copy tasks of `peer_id`, marked as sent: what a long poll or register answers.
+    pub fn deliver(&mut self, peer_id: &str) -> Vec<Task> {
+        let ids: Vec<String> = self
+            .by_peer
+            .get(peer_id)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        let mut tasks = Vec::with_capacity(ids.len());
+        for id in &ids {
+            if let Some(a) = self.by_id.get_mut(id) {
+                a.sent = true;
+                tasks.push(a.task.clone());
+            }
+        }
+        tasks
+    }
+
+    /// Whether `peer_id` has a copy task it has not been sent yet.
+    pub fn has_unsent(&self, peer_id: &str) -> bool {
+        self.by_peer
+            .get(peer_id)
+            .into_iter()
+            .flatten()
+            .any(|id| self.by_id.get(id).is_some_and(|a| !a.sent))
+    }
+
+    /// `peer_id` announced `file` at `version`: its copy task, if any, is done, and the slot
+    /// is free for the next one without waiting for a planning pass.
+    pub fn done(&mut self, peer_id: &str, file: &str, version: u64) -> bool {
+        self.remove(&format!("copy:{file}:v{version}:{peer_id}"))
+            .is_some()
     }
 
     /// The peer reports that it could not make the copy: it goes to someone else.
@@ -278,6 +315,7 @@ pub fn plan(state: &IndexState, flight: &mut InFlight, now: Millis, cfg: &PlanCo
                     sources: sources.clone(),
                 },
                 deadline_ms: now + cfg.task_timeout_ms,
+                sent: false,
             });
         }
         out.under_replicated.push(UnderReplicatedFile {
@@ -539,5 +577,25 @@ mod tests {
         .unwrap();
         let p = plan(&s, &mut flight, 1, &cfg(2, 4));
         assert!(flight.is_empty() && p.under_replicated.is_empty());
+    }
+
+    #[test]
+    fn tasks_are_sent_once_and_settled_by_the_announce() {
+        let mut s = IndexState::default();
+        s.apply(register("a", 1, vec![meta("f", 1, "f")]), 0)
+            .unwrap();
+        s.apply(register("b", 2, vec![]), 0).unwrap();
+        let mut flight = InFlight::default();
+        plan(&s, &mut flight, 0, &cfg(2, 4));
+        assert!(flight.has_unsent("b"));
+        assert_eq!(flight.deliver("b").len(), 1);
+        assert!(
+            !flight.has_unsent("b"),
+            "a poll now waits for something new"
+        );
+        assert_eq!(flight.tasks_for("b").len(), 1, "still in flight");
+        assert!(flight.done("b", "f", 1));
+        assert!(flight.is_empty());
+        assert!(!flight.done("b", "f", 1));
     }
 }

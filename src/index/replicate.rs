@@ -25,9 +25,11 @@ pub const MAX_WAIT: Duration = Duration::from_secs(30);
 /// How often parked requests are checked for the end of their wait.
 const TICK: Duration = Duration::from_millis(50);
 
-/// The least time between two planning passes: under a stream of writes, each of which wakes
-/// the planner, passes (each a read-locked walk over the files) must not crowd out writers.
-const MIN_GAP: Duration = Duration::from_millis(50);
+/// The least time between two planning passes, and how many times a pass's own duration the
+/// gap after it lasts: under a stream of writes, each of which wakes the planner, passes (each
+/// a read-locked walk over the files) must not crowd out the writers.
+const MIN_GAP: Duration = Duration::from_millis(5);
+const GAP_PER_PASS: u32 = 4;
 
 struct Parked {
     request: tiny_http::Request,
@@ -67,7 +69,7 @@ impl Waiters {
             answer(index, &peer_id, older);
         }
         // A task planned between the handler's look and the parking must not wait.
-        if !index.tasks_for(&peer_id).is_empty() {
+        if index.has_new_tasks(&peer_id) {
             self.wake(index, &peer_id);
         }
     }
@@ -112,7 +114,7 @@ fn answer(index: &Index, peer_id: &str, parked: Parked) {
     let reply = Reply::json(
         200,
         &HeartbeatResponse {
-            tasks: index.tasks_for(peer_id),
+            tasks: index.deliver_tasks(peer_id),
             rejected: parked.rejected,
         },
     );
@@ -130,15 +132,16 @@ pub fn run(index: &Index, wake: &Receiver<()>, stop: &Receiver<()>) {
         task_timeout_ms: config.task_timeout.as_millis() as u64,
     };
     let mut next_plan = Instant::now();
-    let mut last_plan = Instant::now() - MIN_GAP;
+    let mut gap = MIN_GAP;
+    let mut last_plan = Instant::now() - gap;
     loop {
         let wait = next_plan
             .saturating_duration_since(Instant::now())
             .min(TICK);
         crossbeam_channel::select! {
             recv(wake) -> msg => if msg.is_ok() {
-                // Soon, but not sooner than MIN_GAP after the last pass.
-                next_plan = next_plan.min(last_plan + MIN_GAP);
+                // Soon, but not sooner than the gap after the last pass.
+                next_plan = next_plan.min(last_plan + gap);
             },
             recv(stop) -> _ => {
                 index.waiters.expire(index, true);
@@ -147,8 +150,12 @@ pub fn run(index: &Index, wake: &Receiver<()>, stop: &Receiver<()>) {
             default(wait) => {},
         }
         if Instant::now() >= next_plan {
+            let started = Instant::now();
             plan_once(index, &plan_config);
             last_plan = Instant::now();
+            gap = (last_plan - started)
+                .saturating_mul(GAP_PER_PASS)
+                .max(MIN_GAP);
             next_plan = last_plan + config.plan_interval;
         }
         index.waiters.expire(index, false);

@@ -39,13 +39,15 @@ impl TaskQueue {
         lock(&self.pending)
     }
 
-    fn offer(&self, new: Vec<Task>) {
+    /// Queues the tasks not already queued or running; returns how many that was.
+    fn offer(&self, new: Vec<Task>) -> usize {
+        let mut queued = 0;
         for task in new {
             if !self.pending().insert(task.task_id.clone()) {
                 continue;
             }
             match self.sender.try_send(task) {
-                Ok(()) => {}
+                Ok(()) => queued += 1,
                 Err(TrySendError::Full(t)) => {
                     log::warn!(
                         "task queue full; dropping task {} (the index will hand it out again)",
@@ -53,9 +55,10 @@ impl TaskQueue {
                     );
                     self.pending().remove(&t.task_id);
                 }
-                Err(TrySendError::Disconnected(_)) => return,
+                Err(TrySendError::Disconnected(_)) => return queued,
             }
         }
+        queued
     }
 }
 
@@ -90,14 +93,14 @@ pub fn run(peer: &Peer, stop: &Receiver<()>, tasks: &TaskQueue) {
             let sent = std::time::Instant::now();
             match peer.heartbeat(interval) {
                 Ok(response) => {
-                    let got_tasks = !response.tasks.is_empty();
-                    tasks.offer(response.tasks);
+                    let new_tasks = tasks.offer(response.tasks);
                     // The index takes writes again: settle what it left unanswered.
                     peer.settle_in_doubt();
-                    if got_tasks {
+                    if new_tasks > 0 {
                         Duration::ZERO
                     } else {
-                        // An index that did not hold the answer: keep the interval anyway.
+                        // Nothing new (a reminder, or an index that did not hold the answer):
+                        // keep the interval, so polls never spin.
                         interval.saturating_sub(sent.elapsed())
                     }
                 }
@@ -119,20 +122,12 @@ pub fn run(peer: &Peer, stop: &Receiver<()>, tasks: &TaskQueue) {
 }
 
 /// The scanner: rescans the shared folder every rescan interval and reports what changed at
-/// once, in a heartbeat that does not wait (the agent's own heartbeat is usually held by the
-/// index until it has a task for us). Hashing a large new file takes a while; on its own
-/// thread it never delays a heartbeat.
+/// once. Hashing a large new file takes a while; on its own thread it never delays a
+/// heartbeat.
 pub fn run_scanner(peer: &Peer, stop: &Receiver<()>) {
     while !stopped(stop, peer.config().rescan_interval) {
-        match peer.rescan() {
-            Ok(true) if !peer.needs_register() => {
-                // On failure the changes are not lost: the agent registers the whole list.
-                if let Err(e) = peer.heartbeat(Duration::ZERO) {
-                    log::debug!("reporting changes failed: {e}");
-                }
-            }
-            Ok(_) => {}
-            Err(e) => log::warn!("rescan of {} failed: {e}", peer.store.dir().display()),
+        if let Err(e) = peer.report_changes() {
+            log::warn!("rescan of {} failed: {e}", peer.store.dir().display());
         }
     }
 }

@@ -203,6 +203,18 @@ impl Peer {
         Ok(changed)
     }
 
+    /// Rescans and, if anything changed, tells the index at once in a heartbeat that does not
+    /// wait (the agent's own is usually held by the index as a long poll). On failure the
+    /// changes are not lost: the agent registers the whole list instead.
+    pub fn report_changes(&self) -> io::Result<()> {
+        if self.rescan()? && !self.needs_register() {
+            if let Err(e) = self.heartbeat(Duration::ZERO) {
+                log::debug!("reporting changes failed: {e}");
+            }
+        }
+        Ok(())
+    }
+
     fn take_pending(&self) -> Changes {
         let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
         let mut changes = Changes::default();
