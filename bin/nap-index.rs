@@ -53,6 +53,19 @@ struct Args {
     /// seconds after which an unfinished copy task goes to another peer
     #[argh(option, default = "60.0")]
     task_timeout: f64,
+    /// directory of the op log and snapshots (created if missing)
+    #[argh(option, default = "String::from(\"nap-data\")")]
+    data_dir: String,
+    /// keep everything in memory: a restart loses the index (peers re-register)
+    #[argh(switch)]
+    in_memory: bool,
+    /// when the log reaches the disk: always (before each answer; waiting writes share an
+    /// fsync), batch (every 5 ms; a crash loses up to that), never (the OS decides)
+    #[argh(option, default = "String::from(\"always\")")]
+    fsync: String,
+    /// ops logged between snapshots
+    #[argh(option, default = "100000")]
+    snapshot_every: u64,
 }
 
 fn usage(message: &str) -> ! {
@@ -119,6 +132,9 @@ fn main() {
         plan_interval: seconds("plan-interval", args.plan_interval),
         max_tasks_per_peer: args.max_tasks_per_peer,
         task_timeout: seconds("task-timeout", args.task_timeout),
+        data_dir: (!args.in_memory).then(|| std::path::PathBuf::from(&args.data_dir)),
+        fsync: args.fsync.parse().unwrap_or_else(|e: String| usage(&e)),
+        snapshot_every: args.snapshot_every,
     };
     if config.replication_factor == 0 || config.max_tasks_per_peer == 0 {
         usage("--replication-factor and --max-tasks-per-peer must be at least 1");

@@ -12,7 +12,7 @@ use tiny_http::{Header, Method, Request, Response};
 use super::lease::{Lease, LeaseError};
 use super::state::{hash_token, Op, Outcome, StateError};
 use super::sync::{self, SyncRequest};
-use super::{replicate, Index, Role};
+use super::{replicate, Index, Role, SubmitError};
 use crate::protocol::{
     self, AnnounceRequest, AnnounceResponse, ErrorBody, FileInfoResponse, FileMeta,
     HeartbeatRequest, HeartbeatResponse, HolderVersion, LeaseIdRequest, LeaseInfo, LeaseRequest,
@@ -41,6 +41,8 @@ pub enum ApiError {
         remaining_ms: u64,
     },
     TooLarge(usize),
+    /// The index cannot do this now (its log cannot be written).
+    Unavailable(String),
     Internal(String),
 }
 
@@ -54,6 +56,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => 405,
             ApiError::Conflict(_) | ApiError::LeaseHeld { .. } => 409,
             ApiError::TooLarge(_) => 413,
+            ApiError::Unavailable(_) => 503,
             ApiError::Internal(_) => 500,
         }
     }
@@ -67,6 +70,7 @@ impl ApiError {
             | ApiError::NotFound(m)
             | ApiError::Conflict(m)
             | ApiError::LeaseHeld { message: m, .. }
+            | ApiError::Unavailable(m)
             | ApiError::Internal(m) => m.clone(),
             ApiError::MethodNotAllowed(allowed) => format!("method not allowed; use {allowed}"),
             ApiError::TooLarge(max) => format!("request body is larger than {max} bytes"),
@@ -87,6 +91,15 @@ impl ApiError {
             body.primary = Some(primary.clone());
         }
         body
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::State(e) => e.into(),
+            SubmitError::Storage(why) => ApiError::Unavailable(why),
+        }
     }
 }
 
@@ -245,7 +258,7 @@ fn route(index: &Index, request: &mut Request) -> Result<Reply, ApiError> {
                 .saturating_mul(4)
                 .saturating_add(1 << 20);
             let rq: SyncRequest = read_json_limited(request, limit)?;
-            Ok(Reply::json(200, &index.apply_sync(rq)))
+            Ok(Reply::json(200, &index.apply_sync(rq)?))
         }
         protocol::PATH_SNAPSHOT => {
             expect(Method::Get, "GET")?;

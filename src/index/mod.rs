@@ -9,6 +9,7 @@
 
 pub mod http;
 pub mod lease;
+pub mod log;
 pub mod planner;
 pub mod replicate;
 pub mod state;
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use self::log::{DiskLog, Fsync};
 use planner::InFlight;
 use replicate::Waiters;
 use state::{IndexState, Millis, Op, Outcome, Snapshot, StateError};
@@ -64,6 +66,11 @@ pub struct IndexConfig {
     pub max_tasks_per_peer: usize,
     /// A copy task not done by then goes to another peer.
     pub task_timeout: Duration,
+    /// Where the op log and snapshots live; `None` keeps everything in memory.
+    pub data_dir: Option<std::path::PathBuf>,
+    pub fsync: Fsync,
+    /// Ops logged between snapshots (each snapshot lets the log before it go).
+    pub snapshot_every: u64,
 }
 
 impl Default for IndexConfig {
@@ -84,6 +91,9 @@ impl Default for IndexConfig {
             plan_interval: Duration::from_secs(1),
             max_tasks_per_peer: 4,
             task_timeout: Duration::from_secs(60),
+            data_dir: None,
+            fsync: Fsync::Always,
+            snapshot_every: 100_000,
         }
     }
 }
@@ -109,18 +119,79 @@ pub struct Index {
     plan_wake: Option<Sender<()>>,
     under_replicated: Mutex<Vec<crate::protocol::UnderReplicatedFile>>,
     pub waiters: Waiters,
+    /// With `--data-dir`: the op log every change is written to before it is acknowledged.
+    disk: Option<DiskLog>,
+}
+
+/// Why a change was not made, or not made durable.
+#[derive(Debug)]
+pub enum SubmitError {
+    State(StateError),
+    /// The op applied but the log could not be written: nothing can be promised.
+    Storage(String),
+}
+
+impl From<StateError> for SubmitError {
+    fn from(e: StateError) -> Self {
+        SubmitError::State(e)
+    }
+}
+
+fn invalid_data(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
 impl Index {
     /// An index with an empty state. A primary starts a new history (a fresh epoch); a shadow
     /// takes its primary's.
+    /// With a data directory, the state is what it holds: the snapshot, then the logged ops
+    /// replayed after it (peers known from it get a fresh peer timeout to show up again).
     pub fn new(config: IndexConfig, clock: fn() -> Millis) -> io::Result<Self> {
         let epoch = match config.role {
             Role::Primary { .. } => crate::net::random_hex(8)?,
             Role::Shadow { .. } => String::new(),
         };
+        let empty = |epoch: String| IndexState::with_capacity(1024, 16 * 1024).with_epoch(epoch);
+        let (state, disk) = match &config.data_dir {
+            None => (empty(epoch), None),
+            Some(dir) => {
+                let (disk, recovered) = DiskLog::open(dir, config.fsync, &epoch)?;
+                let mut state = match recovered.snapshot {
+                    Some(snapshot) => IndexState::restore(snapshot),
+                    None => empty(recovered.epoch),
+                };
+                let replayed = recovered.ops.len();
+                for op in recovered.ops {
+                    let seq = op.seq;
+                    if let Err(e) = state.apply(op.op, op.at) {
+                        return Err(invalid_data(format!(
+                            "{}: logged op {seq} does not apply ({e}); the log is damaged",
+                            dir.display()
+                        )));
+                    }
+                    if state.seq() != seq {
+                        return Err(invalid_data(format!(
+                            "{}: logged op {seq} applied as {}",
+                            dir.display(),
+                            state.seq()
+                        )));
+                    }
+                }
+                if state.seq() > 0 {
+                    state.touch_all(clock());
+                    ::log::info!(
+                        "loaded the index from {}: seq {} ({replayed} ops replayed), {} peers, {} files",
+                        dir.display(),
+                        state.seq(),
+                        state.peer_count(),
+                        state.held_file_count()
+                    );
+                }
+                (state, Some(disk))
+            }
+        };
         Ok(Index {
-            state: RwLock::new(IndexState::with_capacity(1024, 16 * 1024).with_epoch(epoch)),
+            state: RwLock::new(state),
             config,
             started: Instant::now(),
             clock,
@@ -132,7 +203,13 @@ impl Index {
             plan_wake: None,
             under_replicated: Mutex::default(),
             waiters: Waiters::default(),
+            disk,
         })
+    }
+
+    /// The op log, when there is a data directory.
+    pub fn disk(&self) -> Option<&DiskLog> {
+        self.disk.as_ref()
     }
 
     /// Takes over `snapshot`'s state as a primary: the same content under a new epoch (so a
@@ -143,6 +220,9 @@ impl Index {
             ..snapshot
         });
         state.touch_all((self.clock)());
+        if let Some(disk) = &self.disk {
+            disk.reset(&state.snapshot())?;
+        }
         *self.state.get_mut().unwrap_or_else(|e| e.into_inner()) = state;
         Ok(())
     }
@@ -161,18 +241,23 @@ impl Index {
             }
             _ => None,
         };
-        let outcome = match &self.log {
-            None => state.apply(op, now)?,
-            Some(log) => {
-                let shipped = op.clone();
-                let outcome = state.apply(op, now)?;
-                log.push(SyncOp {
-                    seq: state.seq(),
-                    at: now,
-                    op: shipped,
-                });
-                outcome
+        let outcome = if self.log.is_none() && self.disk.is_none() {
+            state.apply(op, now)?
+        } else {
+            let kept = op.clone();
+            let outcome = state.apply(op, now)?;
+            let record = SyncOp {
+                seq: state.seq(),
+                at: now,
+                op: kept,
+            };
+            if let Some(disk) = &self.disk {
+                disk.append(record.clone());
             }
+            if let Some(log) = &self.log {
+                log.push(record);
+            }
+            outcome
         };
         if let Some((peer_id, file, version)) = copied {
             self.flight().done(&peer_id, &file, version);
@@ -215,7 +300,7 @@ impl Index {
         let mut any = false;
         for f in failed {
             if self.flight().failed(peer_id, &f.task_id, now, cool_down) {
-                log::warn!("peer {peer_id} failed task {}: {}", f.task_id, f.reason);
+                ::log::warn!("peer {peer_id} failed task {}: {}", f.task_id, f.reason);
                 any = true;
             }
         }
@@ -243,11 +328,27 @@ impl Index {
         (files.len(), files.iter().take(max).cloned().collect())
     }
 
-    /// Applies one op under the write lock. Nothing else is done under it.
-    pub fn submit(&self, op: Op) -> Result<Outcome, StateError> {
+    /// Applies one op under the write lock (nothing else is done under it), then, with a data
+    /// directory, waits until the op is on disk: an answer means the change survives a crash.
+    pub fn submit(&self, op: Op) -> Result<Outcome, SubmitError> {
         let now = (self.clock)();
-        let mut state = self.write();
-        self.apply(&mut state, op, now)
+        let (outcome, seq) = {
+            let mut state = self.write();
+            let outcome = self.apply(&mut state, op, now)?;
+            (outcome, state.seq())
+        };
+        self.durable(seq)?;
+        Ok(outcome)
+    }
+
+    /// Waits until op `seq` is on disk (as `--fsync` promises).
+    fn durable(&self, seq: u64) -> Result<(), SubmitError> {
+        match &self.disk {
+            Some(disk) => disk
+                .wait_durable(seq)
+                .map_err(|e| SubmitError::Storage(e.to_string())),
+            None => Ok(()),
+        }
     }
 
     /// A heartbeat that only says "alive": no op, no sequence number (see `sync`).
@@ -300,7 +401,14 @@ impl Index {
 
     /// Shadow: applies the primary's ops that follow on from this state. Anything that does
     /// not follow on (another epoch, a gap, an op that fails here) asks for a snapshot.
-    pub fn apply_sync(&self, rq: SyncRequest) -> SyncResponse {
+    pub fn apply_sync(&self, rq: SyncRequest) -> Result<SyncResponse, SubmitError> {
+        let response = self.apply_sync_locked(rq);
+        // The primary hears of an op only once it is on this shadow's disk too.
+        self.durable(response.seq)?;
+        Ok(response)
+    }
+
+    fn apply_sync_locked(&self, rq: SyncRequest) -> SyncResponse {
         let mut state = self.write();
         *self.last_sync.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         if state.epoch() != rq.epoch {
@@ -319,10 +427,14 @@ impl Index {
                 let why = format!("gap: op {} after {}", sync.seq, state.seq());
                 return self.need_snapshot(&state, &why);
             }
+            let kept = self.disk.as_ref().map(|_| sync.clone());
             if let Err(e) = state.apply(sync.op, sync.at) {
                 let why = format!("op {} does not apply here: {e}", sync.seq);
-                log::error!("{why}");
+                ::log::error!("{why}");
                 return self.need_snapshot(&state, &why);
+            }
+            if let (Some(disk), Some(record)) = (&self.disk, kept) {
+                disk.append(record);
             }
         }
         state.set_liveness(&rq.liveness);
@@ -333,7 +445,7 @@ impl Index {
     }
 
     fn need_snapshot(&self, state: &IndexState, why: &str) -> SyncResponse {
-        log::info!("shadow at seq {} needs a snapshot ({why})", state.seq());
+        ::log::info!("shadow at seq {} needs a snapshot ({why})", state.seq());
         if let Some(resync) = &self.resync {
             let _ = resync.try_send(());
         }
@@ -348,6 +460,12 @@ impl Index {
         {
             let state = self.read();
             if snapshot.epoch == state.epoch() && snapshot.seq <= state.seq() {
+                return false;
+            }
+        }
+        if let Some(disk) = &self.disk {
+            if let Err(e) = disk.reset(&snapshot) {
+                ::log::error!("cannot store the snapshot: {e}");
                 return false;
             }
         }
@@ -438,8 +556,14 @@ impl IndexServer {
         }
         match &config.role {
             Role::Primary { shadows } if !shadows.is_empty() => {
-                if let Some((shadow, snapshot)) = sync::recover(shadows, &secret) {
-                    log::warn!(
+                let empty = index.read().seq() == 0;
+                let recovered = if empty {
+                    sync::recover(shadows, &secret)
+                } else {
+                    None
+                };
+                if let Some((shadow, snapshot)) = recovered {
+                    ::log::warn!(
                         "recovered the index state at seq {} ({} peers) from shadow {shadow}",
                         snapshot.seq,
                         snapshot.peers.len()
@@ -466,6 +590,12 @@ impl IndexServer {
             let (index, server) = (index.clone(), server.clone());
             threads.push(spawn(format!("http-{n}"), move || {
                 http::serve(&index, &server)
+            })?);
+        }
+        if index.disk.is_some() {
+            let (index, stopped) = (index.clone(), stopped.clone());
+            threads.push(spawn("log-keeper".into(), move || {
+                self::log::keep(&index, &stopped)
             })?);
         }
         if let Some(log) = &index.log {
@@ -497,7 +627,7 @@ impl IndexServer {
                 })?);
             }
         }
-        log::info!(
+        ::log::info!(
             "index listening on {addr} as {}",
             match &config.role {
                 Role::Primary { shadows } if shadows.is_empty() => "primary".to_string(),
@@ -571,11 +701,13 @@ mod tests {
             (state.epoch().to_string(), state.liveness())
         };
         let ops = log.after(shadow.read().seq(), 1000, 1000);
-        shadow.apply_sync(SyncRequest {
-            epoch,
-            ops,
-            liveness,
-        })
+        shadow
+            .apply_sync(SyncRequest {
+                epoch,
+                ops,
+                liveness,
+            })
+            .unwrap()
     }
 
     #[test]
@@ -656,11 +788,13 @@ mod tests {
         )
         .unwrap();
         primary.submit(register("c", vec![])).unwrap();
-        let answer = late.apply_sync(SyncRequest {
-            epoch: primary.read().epoch().to_string(),
-            ops: primary.log.as_ref().unwrap().after(5, 1000, 1000),
-            liveness: Vec::new(),
-        });
+        let answer = late
+            .apply_sync(SyncRequest {
+                epoch: primary.read().epoch().to_string(),
+                ops: primary.log.as_ref().unwrap().after(5, 1000, 1000),
+                liveness: Vec::new(),
+            })
+            .unwrap();
         assert!(answer.need_snapshot);
         assert_eq!(late.read().seq(), 0, "nothing applied across the gap");
         assert!(late.install_snapshot(primary.snapshot()));

@@ -221,6 +221,10 @@ pub fn start_index_on(listen: &str, extra: &[&str]) -> IndexProc {
             args.extend([flag, value]);
         }
     }
+    // In memory unless a test gives a data directory (never the working directory).
+    if !extra.contains(&"--data-dir") {
+        args.push("--in-memory");
+    }
     args.extend_from_slice(extra);
     let proc = Proc::spawn("index", index_bin(), &args, &[]);
     let line = proc.wait_stdout("listening on");
