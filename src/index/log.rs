@@ -211,14 +211,21 @@ impl DiskLog {
                         dir.display()
                     )));
                 }
-                write_atomically(dir, FORMAT_FILE, format!("{FORMAT}\nepoch {new_epoch}\n").as_bytes())?;
+                write_atomically(
+                    dir,
+                    FORMAT_FILE,
+                    format!("{FORMAT}\nepoch {new_epoch}\n").as_bytes(),
+                )?;
                 new_epoch.to_string()
             }
             Err(e) => return Err(e),
         };
         let snapshot: Option<Snapshot> = match fs::read(dir.join(SNAPSHOT_FILE)) {
             Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
-                invalid(format!("{}: unreadable snapshot: {e}", dir.join(SNAPSHOT_FILE).display()))
+                invalid(format!(
+                    "{}: unreadable snapshot: {e}",
+                    dir.join(SNAPSHOT_FILE).display()
+                ))
             })?),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
@@ -304,10 +311,7 @@ impl DiskLog {
                 return Ok(());
             }
             if inner.writing {
-                inner = self
-                    .written
-                    .wait(inner)
-                    .unwrap_or_else(|e| e.into_inner());
+                inner = self.written.wait(inner).unwrap_or_else(|e| e.into_inner());
                 continue;
             }
             inner = self.write_queued(inner, true);
@@ -367,7 +371,10 @@ impl DiskLog {
                 inner.since_snapshot += batch.len() as u64;
             }
             Err(e) => {
-                log::error!("the op log in {} cannot be written: {e}", self.dir.display());
+                log::error!(
+                    "the op log in {} cannot be written: {e}",
+                    self.dir.display()
+                );
                 inner.failed = Some(format!("the index cannot write its log: {e}"));
             }
         }
@@ -385,10 +392,7 @@ impl DiskLog {
     pub fn rotate(&self) -> io::Result<u64> {
         let mut inner = self.lock();
         while inner.writing {
-            inner = self
-                .written
-                .wait(inner)
-                .unwrap_or_else(|e| e.into_inner());
+            inner = self.written.wait(inner).unwrap_or_else(|e| e.into_inner());
         }
         let mut inner = self.write_queued(inner, self.fsync != Fsync::Never);
         if let Some(why) = &inner.failed {
@@ -421,10 +425,7 @@ impl DiskLog {
     pub fn reset(&self, snapshot: &Snapshot) -> io::Result<()> {
         let mut inner = self.lock();
         while inner.writing {
-            inner = self
-                .written
-                .wait(inner)
-                .unwrap_or_else(|e| e.into_inner());
+            inner = self.written.wait(inner).unwrap_or_else(|e| e.into_inner());
         }
         inner.queue.clear();
         let bytes = serde_json::to_vec(snapshot).map_err(io::Error::other)?;
@@ -492,7 +493,8 @@ pub fn keep(index: &super::Index, stop: &crossbeam_channel::Receiver<()>) {
             let saved = disk.rotate().and_then(|covered| {
                 // Copied under the read lock, written outside it.
                 let snapshot = index.snapshot();
-                disk.save_snapshot(&snapshot, covered).map(|()| snapshot.seq)
+                disk.save_snapshot(&snapshot, covered)
+                    .map(|()| snapshot.seq)
             });
             match saved {
                 Ok(seq) => log::info!(
@@ -590,9 +592,16 @@ mod tests {
     #[test]
     fn another_format_or_a_foreign_directory_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
-        fs::write(tmp.path().join(FORMAT_FILE), "nap-index data format 0\nepoch e\n").unwrap();
+        fs::write(
+            tmp.path().join(FORMAT_FILE),
+            "nap-index data format 0\nepoch e\n",
+        )
+        .unwrap();
         let err = DiskLog::open(tmp.path(), Fsync::Always, "e").err().unwrap();
-        assert!(err.to_string().contains("not a nap-index data directory"), "{err}");
+        assert!(
+            err.to_string().contains("not a nap-index data directory"),
+            "{err}"
+        );
         let other = tempfile::tempdir().unwrap();
         fs::write(other.path().join("notes.txt"), "mine").unwrap();
         assert!(DiskLog::open(other.path(), Fsync::Always, "e").is_err());
@@ -615,7 +624,11 @@ mod tests {
         log.append(op(5));
         log.flush().unwrap();
         log.save_snapshot(&state.snapshot(), covered).unwrap();
-        assert_eq!(segments(tmp.path()).unwrap().len(), 1, "only the new segment is left");
+        assert_eq!(
+            segments(tmp.path()).unwrap().len(),
+            1,
+            "only the new segment is left"
+        );
         drop(log);
         let (_, found) = DiskLog::open(tmp.path(), Fsync::Batch, "e").unwrap();
         assert_eq!(found.snapshot.as_ref().unwrap().seq, 4);
