@@ -440,3 +440,31 @@ fn a_publish_the_frozen_primary_applies_late_is_settled() {
         .iter()
         .any(|l| l.contains("published after all")));
 }
+
+/// With data directories, a shadow restarted on its own still answers with what it had: the
+/// seed's shadow lost its state on restart.
+#[test]
+fn a_shadow_restarted_alone_keeps_its_state() {
+    let Addrs {
+        pport,
+        sport,
+        purl,
+        surl,
+    } = addrs();
+    let (pdir, sdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let sdata = sdir.path().to_str().unwrap().to_string();
+    let shadow = start_shadow(sport, &purl, &["--data-dir", &sdata]);
+    let primary = start_primary(pport, &surl, &["--data-dir", pdir.path().to_str().unwrap()]);
+    register(&primary.url, 9401, vec![file("kept.txt", 1, "kept")]);
+    let p = wait_converged(&purl, &surl);
+    drop(primary);
+    drop(shadow);
+    let shadow = start_shadow(sport, &purl, &["--data-dir", &sdata]);
+    let s = status(&shadow.url);
+    assert_eq!(s["seq"], p["seq"], "{s}");
+    assert_eq!(s["digest"], p["digest"]);
+    assert_eq!(
+        holders(&shadow.url, "kept.txt"),
+        vec!["127.0.0.1:9401".to_string()]
+    );
+}

@@ -415,6 +415,11 @@ impl Index {
             if state.seq() == 0 && state.peer_count() == 0 {
                 // An empty state is the beginning of every history.
                 *state = IndexState::default().with_epoch(rq.epoch);
+                if let Some(disk) = &self.disk {
+                    if let Err(e) = disk.reset(&state.snapshot()) {
+                        ::log::error!("cannot store the primary's epoch: {e}");
+                    }
+                }
             } else {
                 return self.need_snapshot(&state, "the primary's epoch changed");
             }
