@@ -29,6 +29,7 @@ use super::sync::SyncOp;
 pub const FORMAT: &str = "nap-index data format 1";
 const FORMAT_FILE: &str = "FORMAT";
 const SNAPSHOT_FILE: &str = "snapshot.json";
+const LOCK_FILE: &str = "LOCK";
 const HEADER: usize = 12;
 /// A record longer than this is damage, not data (no op comes near it).
 const MAX_RECORD: usize = 1 << 30;
@@ -67,6 +68,8 @@ pub struct Recovered {
 
 pub struct DiskLog {
     dir: PathBuf,
+    /// Held (locked) while the log is open: two indexes on one directory would interleave.
+    _lock: File,
     fsync: Fsync,
     inner: Mutex<Inner>,
     written: Condvar,
@@ -188,6 +191,17 @@ impl DiskLog {
     /// another format, or with damage other than a torn last record, is refused.
     pub fn open(dir: &Path, fsync: Fsync, new_epoch: &str) -> io::Result<(DiskLog, Recovered)> {
         fs::create_dir_all(dir)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))?;
+        if let Err(e) = lock.try_lock() {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{} is in use by another nap-index ({e})", dir.display()),
+            ));
+        }
         let format_path = dir.join(FORMAT_FILE);
         let epoch = match fs::read_to_string(&format_path) {
             Ok(text) => {
@@ -205,7 +219,10 @@ impl DiskLog {
                     .ok_or_else(|| invalid(format!("{}: no epoch", format_path.display())))?
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if fs::read_dir(dir)?.next().is_some() {
+                let foreign = fs::read_dir(dir)?
+                    .filter_map(Result::ok)
+                    .any(|e| e.file_name() != LOCK_FILE);
+                if foreign {
                     return Err(invalid(format!(
                         "{} is not empty and has no {FORMAT_FILE}: not a nap-index data directory",
                         dir.display()
@@ -262,6 +279,7 @@ impl DiskLog {
         let segment = create_segment(dir, last + 1)?;
         let log = DiskLog {
             dir: dir.to_path_buf(),
+            _lock: lock,
             fsync,
             inner: Mutex::new(Inner {
                 queue: Vec::new(),
@@ -587,6 +605,16 @@ mod tests {
         let message = err.to_string();
         assert!(message.contains(&format!("offset {second}")), "{message}");
         assert!(message.contains("log-"), "{message}");
+    }
+
+    #[test]
+    fn one_index_at_a_time_per_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (first, _) = DiskLog::open(tmp.path(), Fsync::Always, "e").unwrap();
+        let err = DiskLog::open(tmp.path(), Fsync::Always, "e").err().unwrap();
+        assert!(err.to_string().contains("in use"), "{err}");
+        drop(first);
+        assert!(DiskLog::open(tmp.path(), Fsync::Always, "e").is_ok());
     }
 
     #[test]
