@@ -19,9 +19,10 @@
 //!
 //! The binaries are taken from beside this example (target/<profile>/), so build them first.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -37,6 +38,7 @@ use nap::protocol::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use support::{ms, pct, Fleet, ProcId};
 
 /// Failover recovery time and shadow lag of a nap-index primary/shadow pair.
 #[derive(FromArgs)]
@@ -81,53 +83,6 @@ const SECRET: &str = "failover-bench-secret";
 /// Bound on every wait for a process or a convergence, so a broken build fails, not hangs.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// `nap-index` from target/<profile>/, where this example runs from examples/ below it; or
-/// exit 2 saying what to do, since `cargo run --example` builds the example, not the binaries.
-fn index_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the path of this executable");
-    let name = format!("nap-index{}", std::env::consts::EXE_SUFFIX);
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join(name));
-    match bin {
-        Some(bin) if bin.is_file() => bin,
-        other => {
-            eprintln!(
-                "failover: nap-index not found (looked for {}).\n\
-                 Build the binaries first: cargo build --release && \
-                 cargo run --release --example failover",
-                other.map_or_else(
-                    || "target/<profile>/nap-index".into(),
-                    |p| p.display().to_string()
-                )
-            );
-            std::process::exit(2);
-        }
-    }
-}
-
-/// One `nap-index` child, its stderr log, and whether it is frozen.
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-    alive: bool,
-    stopped: bool,
-}
-
-/// Every index process of one trial. Dropping it, also while a panic unwinds, resumes the
-/// frozen ones and kills them all, so no index outlives the benchmark.
-struct Fleet {
-    bin: PathBuf,
-    logs: tempfile::TempDir,
-    procs: Vec<Proc>,
-}
-
-/// A handle to one process of a `Fleet`.
-#[derive(Clone, Copy)]
-struct ProcId(usize);
-
 /// A running primary/shadow pair: the primary's handle and port, and both base URLs.
 struct Pair {
     primary: ProcId,
@@ -136,148 +91,72 @@ struct Pair {
     surl: String,
 }
 
-impl Fleet {
-    fn new(bin: &Path) -> Fleet {
-        Fleet {
-            bin: bin.to_path_buf(),
-            logs: tempfile::Builder::new()
-                .prefix("nap-failover-")
-                .tempdir()
-                .expect("a temporary directory for logs"),
-            procs: Vec::new(),
-        }
-    }
+/// Starts `nap-index` with `args`; its stderr goes to a log file, shown if a trial fails.
+fn start_index(fleet: &mut Fleet, bin: &Path, name: &str, args: &[String]) -> ProcId {
+    fleet.start(name, Command::new(bin).args(args).stdout(Stdio::null()))
+}
 
-    /// Starts `nap-index` with `args`; its stderr goes to a log file, shown if a trial fails.
-    fn start(&mut self, name: &str, args: &[String]) -> ProcId {
-        let log = self
-            .logs
-            .path()
-            .join(format!("{name}-{}.log", self.procs.len()));
-        let child = Command::new(&self.bin)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).expect("a log file"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
-        self.procs.push(Proc {
-            name: name.to_string(),
-            child,
-            log,
-            alive: true,
-            stopped: false,
-        });
-        ProcId(self.procs.len() - 1)
-    }
+/// A primary on `port` replicating to `shadow`.
+fn start_primary(fleet: &mut Fleet, bin: &Path, port: u16, shadow: &str) -> ProcId {
+    let mut args = common_args(port);
+    args.extend(["--shadow".into(), shadow.into()]);
+    start_index(fleet, bin, "primary", &args)
+}
 
-    /// A primary on `port` replicating to `shadow`.
-    fn primary(&mut self, port: u16, shadow: &str) -> ProcId {
-        let mut args = common_args(port);
-        args.extend(["--shadow".into(), shadow.into()]);
-        self.start("primary", &args)
-    }
+/// A read-only shadow on `port` following `primary`.
+fn start_shadow(fleet: &mut Fleet, bin: &Path, port: u16, primary: &str) -> ProcId {
+    let mut args = common_args(port);
+    args.extend([
+        "--role".into(),
+        "shadow".into(),
+        "--primary".into(),
+        primary.into(),
+    ]);
+    start_index(fleet, bin, "shadow", &args)
+}
 
-    /// A read-only shadow on `port` following `primary`.
-    fn shadow(&mut self, port: u16, primary: &str) -> ProcId {
-        let mut args = common_args(port);
-        args.extend([
-            "--role".into(),
-            "shadow".into(),
-            "--primary".into(),
-            primary.into(),
-        ]);
-        self.start("shadow", &args)
-    }
-
-    /// A shadow and its primary on free ports, both answering.
-    fn pair(&mut self) -> Pair {
-        let (pport, sport) = free_ports();
-        let purl = format!("http://127.0.0.1:{pport}");
-        let surl = format!("http://127.0.0.1:{sport}");
-        let shadow = self.shadow(sport, &purl);
-        let primary = self.primary(pport, &surl);
-        self.wait_ready(shadow, &surl, "shadow");
-        self.wait_ready(primary, &purl, "primary");
-        Pair {
-            primary,
-            pport,
-            purl,
-            surl,
-        }
-    }
-
-    /// Waits until the process answers `/status` at `url` in `role`.
-    fn wait_ready(&mut self, pid: ProcId, url: &str, role: &str) {
-        let started = Instant::now();
-        loop {
-            if let Ok(status) = get_json::<StatusResponse>(&format!("{url}/status")) {
-                assert_eq!(status.role, role, "{url} answers as {}", status.role);
-                return;
-            }
-            let proc = &mut self.procs[pid.0];
-            if let Ok(Some(exit)) = proc.child.try_wait() {
-                proc.alive = false;
-                panic!("{} exited at start-up ({exit})", proc.name);
-            }
-            assert!(started.elapsed() < DEADLINE, "{url} never answered");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// SIGKILL, as a crash: no clean-up in the index.
-    fn kill(&mut self, pid: ProcId) {
-        let proc = &mut self.procs[pid.0];
-        let _ = proc.child.kill();
-        let _ = proc.child.wait();
-        proc.alive = false;
-    }
-
-    /// Sends SIGSTOP or SIGCONT (through kill(1): std sends no signal but SIGKILL).
-    fn signal(&mut self, pid: ProcId, name: &str) {
-        let sent = self.try_signal(pid, name);
-        assert!(sent, "kill -{name} {}", self.procs[pid.0].child.id());
-    }
-
-    /// `signal` without the assertion, for `drop`, which must not panic.
-    fn try_signal(&mut self, pid: ProcId, name: &str) -> bool {
-        let proc = &mut self.procs[pid.0];
-        let sent = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(proc.child.id().to_string())
-            .status()
-            .is_ok_and(|s| s.success());
-        if sent {
-            proc.stopped = name == "STOP";
-        }
-        sent
+/// A shadow and its primary on free ports, both answering.
+fn pair(fleet: &mut Fleet, bin: &Path) -> Pair {
+    let (pport, sport) = free_ports();
+    let purl = format!("http://127.0.0.1:{pport}");
+    let surl = format!("http://127.0.0.1:{sport}");
+    let shadow = start_shadow(fleet, bin, sport, &purl);
+    let primary = start_primary(fleet, bin, pport, &surl);
+    wait_ready(fleet, shadow, &surl, "shadow");
+    wait_ready(fleet, primary, &purl, "primary");
+    Pair {
+        primary,
+        pport,
+        purl,
+        surl,
     }
 }
 
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for pid in 0..self.procs.len() {
-            if self.procs[pid].stopped {
-                self.try_signal(ProcId(pid), "CONT");
-            }
-            if self.procs[pid].alive {
-                self.kill(ProcId(pid));
-            }
+/// Waits until the process started as `role` answers `/status` at `url` in that role.
+fn wait_ready(fleet: &mut Fleet, pid: ProcId, url: &str, role: &str) {
+    let started = Instant::now();
+    loop {
+        if let Ok(status) = get_json::<StatusResponse>(&format!("{url}/status")) {
+            assert_eq!(status.role, role, "{url} answers as {}", status.role);
+            return;
         }
-        if std::thread::panicking() {
-            for proc in &self.procs {
-                let log = std::fs::read_to_string(&proc.log).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(20).collect();
-                eprintln!("--- {} (last lines of its log) ---", proc.name);
-                for line in tail.into_iter().rev() {
-                    eprintln!("{line}");
-                }
-            }
+        if let Ok(Some(exit)) = fleet.child(pid).try_wait() {
+            panic!("{role} exited at start-up ({exit})");
         }
+        assert!(started.elapsed() < DEADLINE, "{url} never answered");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
-/// Flags of every index here: no peer is pruned while a trial runs (they never heartbeat).
+/// Sends SIGSTOP or SIGCONT: a fault that was not delivered would be measured as none.
+fn signal(fleet: &mut Fleet, pid: ProcId, name: &str) {
+    let sent = fleet.signal(pid, name);
+    assert!(sent, "kill -{name} {}", fleet.pid(pid));
+}
+
+/// Flags of every index here: no peer is pruned while a trial runs (they never heartbeat),
+/// and the state stays in memory (a restarted primary recovers from its shadow; what is
+/// measured is failover, not the disk).
 fn common_args(port: u16) -> Vec<String> {
     [
         "--listen",
@@ -286,6 +165,7 @@ fn common_args(port: u16) -> Vec<String> {
         "3600",
         "--cluster-secret",
         SECRET,
+        "--in-memory",
     ]
     .map(String::from)
     .to_vec()
@@ -433,38 +313,10 @@ fn file_info(url: &str, name: &str) -> Result<FileInfoResponse, String> {
     ))
 }
 
-/// Nearest-rank percentile of sorted values.
-fn pct<T: Copy + Default>(sorted: &[T], p: f64) -> T {
-    if sorted.is_empty() {
-        return T::default();
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// "min / median / max" of durations, in ms.
-fn spread(mut ds: Vec<Duration>) -> String {
-    if ds.is_empty() {
-        return "-".into();
-    }
-    ds.sort_unstable();
-    let fmt = |d: Duration| {
-        if d < Duration::from_millis(10) {
-            format!("{:.2}", ms(d))
-        } else {
-            format!("{:.0}", ms(d))
-        }
-    };
-    format!(
-        "{} / {} / {}",
-        fmt(ds[0]),
-        fmt(pct(&ds, 0.5)),
-        fmt(ds[ds.len() - 1])
-    )
+/// "min / median / max" of durations in ms, two decimals below 10 ms, where a failover
+/// that only reconnects lands.
+fn spread(ds: Vec<Duration>) -> String {
+    support::spread(ds, &[0.0, 0.5, 1.0], " / ", Duration::from_millis(10), 2)
 }
 
 // ----- failover -------------------------------------------------------------------------
@@ -567,13 +419,13 @@ impl Trial {
 }
 
 fn failover_trial(bin: &Path, fault: Fault, timeout: Duration) -> Trial {
-    let mut fleet = Fleet::new(bin);
+    let mut fleet = Fleet::new("nap-failover-");
     let Pair {
         primary,
         pport,
         purl,
         surl,
-    } = fleet.pair();
+    } = pair(&mut fleet, bin);
     seed(&purl);
     wait_converged(&purl, &surl);
 
@@ -611,7 +463,7 @@ fn failover_trial(bin: &Path, fault: Fault, timeout: Duration) -> Trial {
     let t0 = Instant::now();
     match fault {
         Fault::Kill => fleet.kill(primary),
-        Fault::Freeze => fleet.signal(primary, "STOP"),
+        Fault::Freeze => signal(&mut fleet, primary, "STOP"),
     }
     loop {
         let s = trial.count(next(&events), true);
@@ -636,9 +488,9 @@ fn failover_trial(bin: &Path, fault: Fault, timeout: Duration) -> Trial {
     match fault {
         Fault::Kill => {
             // It comes back empty (a new epoch): searches then find nothing, by design.
-            fleet.primary(pport, &surl);
+            start_primary(&mut fleet, bin, pport, &surl);
         }
-        Fault::Freeze => fleet.signal(primary, "CONT"),
+        Fault::Freeze => signal(&mut fleet, primary, "CONT"),
     }
     while back_from.elapsed() < DEADLINE {
         if client.probe_primary() {
@@ -800,8 +652,8 @@ fn probe_loop(primary: &str, shadow: &str, peer: &RegisterResponse, until: Insta
 }
 
 fn lag(bin: &Path, args: &Args) {
-    let mut fleet = Fleet::new(bin);
-    let Pair { purl, surl, .. } = fleet.pair();
+    let mut fleet = Fleet::new("nap-failover-");
+    let Pair { purl, surl, .. } = pair(&mut fleet, bin);
     let writers: Vec<RegisterResponse> = (0..args.writers)
         .map(|n| register(&purl, 10_000 + n as u16, vec![first_version(&load_file(n))]))
         .collect();
@@ -911,7 +763,7 @@ fn main() {
     let args: Args = argh::from_env();
     // The client's own "now in use" warnings are what is measured, not news.
     nap::init_logging(log::LevelFilter::Error);
-    let bin = index_binary();
+    let bin = support::binary("nap-index", "failover");
     println!(
         "nap-index: {}; cpus: {}\n",
         bin.display(),

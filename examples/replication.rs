@@ -38,10 +38,12 @@
 //! Every process is killed and every temporary folder removed when the bench ends, also when
 //! it panics.
 
-use std::fs::{self, File};
+mod support;
+
+use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -49,6 +51,7 @@ use argh::FromArgs;
 use nap::peer::client::{ClientError, IndexClient};
 use nap::peer::{PeerConfig, PeerNode};
 use nap::protocol::StatusResponse;
+use support::{ms, Fleet, ProcId};
 
 /// Replication convergence and churn recovery of nap-index with replication factor R.
 #[derive(FromArgs)]
@@ -112,143 +115,36 @@ impl FromStr for Part {
 /// Bound on every wait for a process or a convergence, so a broken build fails, not hangs.
 const DEADLINE: Duration = Duration::from_secs(120);
 
-/// `name` from target/<profile>/, where this example runs from examples/ below it; or exit 2
-/// saying what to do, since `cargo run --example` builds the example, not the binaries.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the path of this executable");
-    let file = format!("{name}{}", std::env::consts::EXE_SUFFIX);
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join(file));
-    match bin {
-        Some(bin) if bin.is_file() => bin,
-        other => {
-            eprintln!(
-                "replication: {name} not found (looked for {}).\n\
-                 Build the binaries first: cargo build --release && \
-                 cargo run --release --example replication",
-                other.map_or_else(
-                    || format!("target/<profile>/{name}"),
-                    |p| p.display().to_string()
-                )
-            );
-            std::process::exit(2);
-        }
-    }
-}
-
 // ----- processes ----------------------------------------------------------------------------
 
-/// One child process and its stderr log.
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-    alive: bool,
-}
-
-#[derive(Clone, Copy)]
-struct ProcId(usize);
-
-/// Every process of one measurement, and the temporary folder holding their shared folders
-/// and logs. Dropping it, also while a panic unwinds, kills every process that is still
-/// running, then removes the folder.
-struct Fleet {
-    root: tempfile::TempDir,
-    procs: Vec<Proc>,
-}
-
-impl Fleet {
-    fn new(prefix: &str) -> Fleet {
-        Fleet {
-            root: tempfile::Builder::new()
-                .prefix(prefix)
-                .tempdir()
-                .expect("a temporary directory"),
-            procs: Vec::new(),
+/// Starts `bin` with `args` and returns it with the first line it prints on stdout (both
+/// nap binaries print their address there once they serve). Stdout is drained on a thread;
+/// stderr goes to a log file, shown if the bench fails.
+fn spawn(
+    fleet: &mut Fleet,
+    name: &str,
+    bin: &Path,
+    args: &[String],
+    rust_log: &str,
+) -> (ProcId, String) {
+    let mut command = Command::new(bin);
+    command
+        .args(args)
+        .env("RUST_LOG", rust_log)
+        .stdout(Stdio::piped());
+    let id = fleet.start(name, &mut command);
+    let stdout = fleet.child(id).stdout.take().expect("piped stdout");
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(first)) = lines.next() {
+            let _ = tx.send(first);
         }
-    }
-
-    fn root(&self) -> &Path {
-        self.root.path()
-    }
-
-    /// Starts `bin` with `args` and returns it with the first line it prints on stdout (both
-    /// nap binaries print their address there once they serve). Stdout is drained on a
-    /// thread; stderr goes to a log file, shown if the bench fails.
-    fn spawn(
-        &mut self,
-        name: &str,
-        bin: &Path,
-        args: &[String],
-        rust_log: &str,
-    ) -> (ProcId, String) {
-        let log = self.root().join(format!("{name}.log"));
-        let mut child = Command::new(bin)
-            .args(args)
-            .env("RUST_LOG", rust_log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(File::create(&log).expect("a log file"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let stdout = child.stdout.take().expect("piped stdout");
-        self.procs.push(Proc {
-            name: name.to_string(),
-            child,
-            log,
-            alive: true,
-        });
-        let id = ProcId(self.procs.len() - 1);
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(first)) = lines.next() {
-                let _ = tx.send(first);
-            }
-            for _ in lines {}
-        });
-        match rx.recv_timeout(DEADLINE) {
-            Ok(line) => (id, line),
-            Err(_) => panic!("{name} printed no address (it exited or hangs)"),
-        }
-    }
-
-    /// SIGKILL, as a crash: no unregister, no clean-up.
-    fn kill(&mut self, id: ProcId) {
-        let proc = &mut self.procs[id.0];
-        let _ = proc.child.kill();
-        let _ = proc.child.wait();
-        proc.alive = false;
-    }
-
-    fn pid(&self, id: ProcId) -> u32 {
-        self.procs[id.0].child.id()
-    }
-
-    fn log(&self, id: ProcId) -> String {
-        fs::read_to_string(&self.procs[id.0].log).unwrap_or_default()
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for id in 0..self.procs.len() {
-            if self.procs[id].alive {
-                self.kill(ProcId(id));
-            }
-        }
-        if std::thread::panicking() {
-            for proc in &self.procs {
-                let log = fs::read_to_string(&proc.log).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                eprintln!("--- {} (last lines of its log) ---", proc.name);
-                for line in tail.into_iter().rev() {
-                    eprintln!("{line}");
-                }
-            }
-        }
+        for _ in lines {}
+    });
+    match rx.recv_timeout(DEADLINE) {
+        Ok(line) => (id, line),
+        Err(_) => panic!("{name} printed no address (it exited or hangs)"),
     }
 }
 
@@ -259,12 +155,17 @@ fn start_index(
     flags: &[(&str, String)],
     rust_log: &str,
 ) -> (ProcId, String) {
-    let mut args = vec!["--listen".to_string(), "127.0.0.1:0".to_string()];
+    // In memory: what is measured is replication, not the disk.
+    let mut args = vec![
+        "--listen".to_string(),
+        "127.0.0.1:0".to_string(),
+        "--in-memory".to_string(),
+    ];
     for (flag, value) in flags {
         args.push(format!("--{flag}"));
         args.push(value.clone());
     }
-    let (id, line) = fleet.spawn("index", bin, &args, rust_log);
+    let (id, line) = spawn(fleet, "index", bin, &args, rust_log);
     // "nap-index listening on http://127.0.0.1:PORT"
     let url = line
         .rsplit(' ')
@@ -293,7 +194,7 @@ fn start_peer(
     ]
     .map(String::from)
     .to_vec();
-    let (id, line) = fleet.spawn(name, bin, &args, "info");
+    let (id, line) = spawn(fleet, name, bin, &args, "info");
     // "nap peer serving DIR at ADDR (index: URL)"
     let addr = line
         .rsplit_once(" (index: ")
@@ -402,35 +303,14 @@ impl Rng {
     }
 }
 
-/// Nearest-rank percentile of sorted values.
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// "| min | median | p90 | max |" in ms.
-fn spread(mut ds: Vec<Duration>) -> String {
-    ds.sort_unstable();
-    let f = |d: Duration| {
-        if d < Duration::from_millis(100) {
-            format!("{:.1}", ms(d))
-        } else {
-            format!("{:.0}", ms(d))
-        }
-    };
-    format!(
-        "{} | {} | {} | {}",
-        f(pct(&ds, 0.0)),
-        f(pct(&ds, 0.5)),
-        f(pct(&ds, 0.9)),
-        f(pct(&ds, 1.0))
+/// "min | median | p90 | max" in ms, a tenth of a ms below 100 ms.
+fn spread(ds: Vec<Duration>) -> String {
+    support::spread(
+        ds,
+        &[0.0, 0.5, 0.9, 1.0],
+        " | ",
+        Duration::from_millis(100),
+        1,
     )
 }
 
@@ -995,8 +875,8 @@ fn churn(args: &Args, index_bin: &Path, peer_bin: &Path) {
 
 fn main() {
     let args: Args = argh::from_env();
-    let index_bin = binary("nap-index");
-    let peer_bin = binary("nap-peer");
+    let index_bin = support::binary("nap-index", "replication");
+    let peer_bin = support::binary("nap-peer", "replication");
     if args.only != Some(Part::Churn) {
         convergence(&args, &index_bin);
     }
