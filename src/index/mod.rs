@@ -806,4 +806,41 @@ mod tests {
         assert_eq!(late.read().digest(), primary.read().digest());
         assert!(!late.install_snapshot(primary.snapshot()), "not twice");
     }
+
+    #[test]
+    fn an_index_on_a_data_dir_comes_back_as_it_was() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = IndexConfig {
+            data_dir: Some(tmp.path().to_path_buf()),
+            ..IndexConfig::default()
+        };
+        let digest = {
+            let index = Index::new(config.clone(), clock).unwrap();
+            index
+                .submit(register("a", vec![meta("doc", 1, "v1")]))
+                .unwrap();
+            index
+                .submit(Op::AcquireLease {
+                    peer_id: "a".into(),
+                    token_hash: hash_token("a"),
+                    file: "doc".into(),
+                    lease_id: "00cc".into(),
+                    ttl_ms: 60_000,
+                })
+                .unwrap();
+            index
+                .submit(Op::Announce {
+                    peer_id: "a".into(),
+                    token_hash: hash_token("a"),
+                    file: meta("doc", 2, "v2"),
+                    lease_id: Some("00cc".into()),
+                })
+                .unwrap();
+            let digest = index.read().digest();
+            digest
+        };
+        let again = Index::new(config, clock).unwrap();
+        assert_eq!(again.read().digest(), digest);
+        assert_eq!(again.read().file("doc").unwrap().latest_version(), 2);
+    }
 }
