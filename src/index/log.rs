@@ -421,21 +421,20 @@ impl DiskLog {
         Ok(last)
     }
 
-    /// Writes `snapshot` atomically and drops the segments it makes redundant (all of whose
-    /// records are at or below `covered`, as returned by `rotate` before the snapshot was
-    /// taken).
-    pub fn save_snapshot(&self, snapshot: &Snapshot, covered: u64) -> io::Result<()> {
-        let bytes = serde_json::to_vec(snapshot).map_err(io::Error::other)?;
-        write_atomically(&self.dir, SNAPSHOT_FILE, &bytes)?;
+    /// Writes a snapshot (`json`, the state at `seq`) atomically and drops the segments it
+    /// makes redundant (all of whose records are at or below `covered`, as returned by
+    /// `rotate` before the snapshot was taken).
+    pub fn save_snapshot(&self, json: &[u8], seq: u64, covered: u64) -> io::Result<()> {
+        write_atomically(&self.dir, SNAPSHOT_FILE, json)?;
         // `rotate` began a new segment at `covered + 1`: the ones before it hold nothing newer.
         for (first, path) in segments(&self.dir)? {
-            if first <= covered && covered <= snapshot.seq {
+            if first <= covered && covered <= seq {
                 fs::remove_file(path)?;
             }
         }
         sync_dir(&self.dir)?;
         let mut inner = self.lock();
-        inner.since_snapshot = inner.durable.saturating_sub(snapshot.seq);
+        inner.since_snapshot = inner.durable.saturating_sub(seq);
         Ok(())
     }
 
@@ -485,8 +484,10 @@ fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// The log keeper thread: writes out what no request waits for (sweeps, and everything with
-/// `--fsync batch` or `never`) and, every `snapshot_every` ops, snapshots the state and drops
-/// the log before it. Loops until `stop` closes, then writes what is left.
+/// `--fsync batch` or `never`) and snapshots the state, dropping the log before it, once the
+/// log since the last snapshot holds `snapshot_every` ops and at least as many as the state
+/// has files (so a large state, whose encoding holds the read lock longest, is snapshotted
+/// less often). Loops until `stop` closes, then writes what is left.
 pub fn keep(index: &super::Index, stop: &crossbeam_channel::Receiver<()>) {
     let Some(disk) = index.disk() else {
         return;
@@ -506,13 +507,23 @@ pub fn keep(index: &super::Index, stop: &crossbeam_channel::Receiver<()>) {
         if stopping {
             return;
         }
-        if disk.since_snapshot() >= index.config().snapshot_every.max(1) {
+        let due = index
+            .config()
+            .snapshot_every
+            .max(1)
+            .max(index.read().file_count() as u64);
+        if disk.since_snapshot() >= due {
             let started = std::time::Instant::now();
             let saved = disk.rotate().and_then(|covered| {
-                // Copied under the read lock, written outside it.
-                let snapshot = index.snapshot();
-                disk.save_snapshot(&snapshot, covered)
-                    .map(|()| snapshot.seq)
+                // Encoded under the read lock (no copy), written outside it.
+                let (json, seq) = {
+                    let state = index.read();
+                    (
+                        state.snapshot_json().map_err(io::Error::other)?,
+                        state.seq(),
+                    )
+                };
+                disk.save_snapshot(&json, seq, covered).map(|()| seq)
             });
             match saved {
                 Ok(seq) => log::info!(
@@ -651,7 +662,8 @@ mod tests {
         }
         log.append(op(5));
         log.flush().unwrap();
-        log.save_snapshot(&state.snapshot(), covered).unwrap();
+        log.save_snapshot(&state.snapshot_json().unwrap(), state.seq(), covered)
+            .unwrap();
         assert_eq!(
             segments(tmp.path()).unwrap().len(),
             1,

@@ -547,13 +547,15 @@ impl IndexServer {
                 "replication needs a cluster secret (--cluster-secret or NAP_CLUSTER_SECRET)",
             ));
         }
+        // The data is loaded before the port opens: while it loads, clients are refused at
+        // once (and fail over) instead of waiting on a connection nobody answers.
+        let mut index = Index::new(config.clone(), crate::net::now_ms)?;
         let (server, addr) = crate::net::http_server(&config.listen)?;
         let server = Arc::new(server);
         let workers = config.workers.max(1);
         let (stop, stopped): (Sender<()>, Receiver<()>) = crossbeam_channel::bounded(0);
 
         // The replication pieces are made first: the index holds its ends of them.
-        let mut index = Index::new(config.clone(), crate::net::now_ms)?;
         let mut catch_up = None;
         let (plan_wake, plan_woken) = crossbeam_channel::bounded(1);
         if matches!(config.role, Role::Primary { .. }) {
