@@ -461,18 +461,7 @@ fn file_info(url: &str, name: &str) -> Result<FileInfoResponse, String> {
         protocol::PATH_FILE,
         protocol::url_encode(name)
     );
-    let response = agent(Conn::Close)
-        .get(&url)
-        .header("Connection", "close")
-        .call()
-        .map_err(|e| format!("{url}: {e}"))?;
-    if response.status().as_u16() != 200 {
-        return Err(format!("{url}: status {}", response.status()));
-    }
-    response
-        .into_body()
-        .read_json()
-        .map_err(|e| format!("{url}: {e}"))
+    get_json(&url)
 }
 
 /// Every publish must have added exactly one version, and every lease must have been spent.
@@ -880,11 +869,10 @@ fn durability_write_rows(args: &Args, fsync_ms: f64, counting: bool) {
     }
 }
 
-/// `GET /status`, with the state digest if asked.
-fn get_status(url: &str, digest: bool) -> Result<StatusResponse, String> {
-    let url = format!("{url}/status{}", if digest { "?digest=1" } else { "" });
+/// `GET url` with nap's connection policy, decoded; an error names the URL.
+fn get_json<T: DeserializeOwned>(url: &str) -> Result<T, String> {
     let response = agent(Conn::Close)
-        .get(&url)
+        .get(url)
         .header("Connection", "close")
         .call()
         .map_err(|e| format!("{url}: {e}"))?;
@@ -895,6 +883,12 @@ fn get_status(url: &str, digest: bool) -> Result<StatusResponse, String> {
         .into_body()
         .read_json()
         .map_err(|e| format!("{url}: {e}"))
+}
+
+/// `GET /status`, with the state digest if asked.
+fn get_status(url: &str, digest: bool) -> Result<StatusResponse, String> {
+    let url = format!("{url}/status{}", if digest { "?digest=1" } else { "" });
+    get_json(&url)
 }
 
 /// What a data directory holds: snapshot bytes, log bytes, and whether a snapshot is being

@@ -11,38 +11,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
-/// A peer identity made by registering over HTTP; `files` are registered with it.
-struct Id {
-    peer_id: String,
-    token: String,
-}
-
-fn meta(name: &str, version: u64, content: &str) -> Value {
-    json!({"name": name, "version": version, "size": content.len(),
-           "sha256": sha256_hex(content.as_bytes())})
-}
-
-fn identity(url: &str, port: u16, files: Vec<Value>) -> Id {
-    let answer = post(
-        &format!("{url}/register"),
-        &json!({"addr": format!("127.0.0.1:{port}"), "files": files}).to_string(),
-    );
-    assert_eq!(answer.status, 200, "{}", answer.body);
-    let body = answer.json();
-    assert!(body["rejected"].as_array().unwrap().is_empty(), "{body}");
-    Id {
-        peer_id: body["peer_id"].as_str().unwrap().into(),
-        token: body["token"].as_str().unwrap().into(),
-    }
-}
-
-fn lease(url: &str, id: &Id, file: &str) -> Answer {
-    post(
-        &format!("{url}/lease"),
-        &json!({"peer_id": id.peer_id, "token": id.token, "file": file}).to_string(),
-    )
-}
-
 fn lease_call(url: &str, path: &str, id: &Id, lease_id: &str) -> Answer {
     post(
         &format!("{url}{path}"),
@@ -71,7 +39,7 @@ fn two_peers_race_for_a_lease_and_exactly_one_wins() {
     let index = start_index(&[]);
     let url = index.url.as_str();
     let names: Vec<String> = (0..20).map(|n| format!("race-{n}.txt")).collect();
-    let files = names.iter().map(|n| meta(n, 1, n)).collect();
+    let files = names.iter().map(|n| file_entry(n, 1, n)).collect();
     let a = Arc::new(identity(url, 9001, files));
     let b = Arc::new(identity(url, 9002, vec![]));
     for name in &names {
@@ -126,7 +94,7 @@ fn concurrent_publishers_never_lose_or_duplicate_a_version() {
     let ids: Vec<Arc<Id>> = (0..20)
         .map(|n| {
             let files = if n == 0 {
-                vec![meta("shared.txt", 1, "v1")]
+                vec![file_entry("shared.txt", 1, "v1")]
             } else {
                 vec![]
             };
@@ -154,7 +122,7 @@ fn concurrent_publishers_never_lose_or_duplicate_a_version() {
                     }
                     let granted = granted.json();
                     let next = granted["version"].as_u64().unwrap() + 1;
-                    let file = meta("shared.txt", next, &format!("client {n} round {round}"));
+                    let file = file_entry("shared.txt", next, &format!("client {n} round {round}"));
                     let lease_id = granted["lease_id"].as_str().unwrap();
                     let answer = announce(&url, &id, &file, Some(lease_id));
                     assert_eq!(answer.status, 200, "{}", answer.body);
@@ -203,7 +171,7 @@ fn concurrent_publishers_never_lose_or_duplicate_a_version() {
 fn leases_are_guarded_and_an_expired_lease_cannot_publish() {
     let index = start_index(&["--lease-ttl", "1"]);
     let url = index.url.as_str();
-    let a = identity(url, 9201, vec![meta("doc.txt", 1, "v1")]);
+    let a = identity(url, 9201, vec![file_entry("doc.txt", 1, "v1")]);
     let b = identity(url, 9202, vec![]);
 
     // Unknown files, hostile names, wrong tokens, other peers' leases.
@@ -219,14 +187,14 @@ fn leases_are_guarded_and_an_expired_lease_cannot_publish() {
     let lease_id = granted.json()["lease_id"].as_str().unwrap().to_string();
     assert_eq!(lease_call(url, "/lease/renew", &b, &lease_id).status, 403);
     assert_eq!(lease_call(url, "/lease/release", &b, &lease_id).status, 403);
-    let stolen = announce(url, &b, &meta("doc.txt", 2, "b's"), Some(&lease_id));
+    let stolen = announce(url, &b, &file_entry("doc.txt", 2, "b's"), Some(&lease_id));
     assert_eq!(stolen.status, 403, "{}", stolen.body);
     assert_eq!(lease_call(url, "/lease/renew", &a, "not-hex").status, 400);
     // No lease at all, or a version that skips one.
-    let bare = announce(url, &a, &meta("doc.txt", 2, "a's"), None);
+    let bare = announce(url, &a, &file_entry("doc.txt", 2, "a's"), None);
     assert_eq!(bare.status, 409, "{}", bare.body);
     assert!(bare.json()["error"].as_str().unwrap().contains("lease"));
-    let skip = announce(url, &a, &meta("doc.txt", 3, "a's"), Some(&lease_id));
+    let skip = announce(url, &a, &file_entry("doc.txt", 3, "a's"), Some(&lease_id));
     assert_eq!(skip.status, 409, "{}", skip.body);
     assert_eq!(lease_call(url, "/lease/renew", &a, &lease_id).status, 200);
 
@@ -234,7 +202,7 @@ fn leases_are_guarded_and_an_expired_lease_cannot_publish() {
     poll_until("the lease expires", || {
         file_info(url, "doc.txt")["lease"].is_null().then_some(())
     });
-    let late = announce(url, &a, &meta("doc.txt", 2, "a's"), Some(&lease_id));
+    let late = announce(url, &a, &file_entry("doc.txt", 2, "a's"), Some(&lease_id));
     assert_eq!(late.status, 409, "{}", late.body);
     let error = late.json()["error"].as_str().unwrap().to_string();
     assert!(
@@ -486,7 +454,7 @@ fn update_starts_from_the_local_copy_when_no_peer_holds_the_latest() {
 fn update_of_a_file_no_one_online_holds_says_so_and_gives_the_lease_back() {
     let index = start_index(&[]);
     let url = index.url.as_str();
-    let gone = identity(url, 9501, vec![meta("orphan.txt", 1, "only copy")]);
+    let gone = identity(url, 9501, vec![file_entry("orphan.txt", 1, "only copy")]);
     let left = post(
         &format!("{url}/unregister"),
         &json!({"peer_id": gone.peer_id, "token": gone.token}).to_string(),

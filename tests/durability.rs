@@ -12,36 +12,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
-struct Id {
-    peer_id: String,
-    token: String,
-}
-
-fn identity(url: &str, port: u16, files: Vec<Value>) -> Id {
-    let answer = post(
-        &format!("{url}/register"),
-        &json!({"addr": format!("127.0.0.1:{port}"), "files": files}).to_string(),
-    );
-    assert_eq!(answer.status, 200, "{}", answer.body);
-    let body = answer.json();
-    Id {
-        peer_id: body["peer_id"].as_str().unwrap().into(),
-        token: body["token"].as_str().unwrap().into(),
-    }
-}
-
-fn file(name: &str, version: u64, content: &str) -> Value {
-    json!({"name": name, "version": version, "size": content.len(),
-           "sha256": sha256_hex(content.as_bytes())})
-}
-
-fn lease(url: &str, id: &Id, name: &str) -> Answer {
-    post(
-        &format!("{url}/lease"),
-        &json!({"peer_id": id.peer_id, "token": id.token, "file": name}).to_string(),
-    )
-}
-
 fn versions(url: &str, name: &str) -> BTreeMap<u64, String> {
     let info = get(&format!("{url}/file?name={name}")).json();
     info["versions"]
@@ -75,7 +45,7 @@ fn a_killed_index_keeps_every_acknowledged_write() {
     let ids: Vec<Arc<Id>> = (0..20)
         .map(|n| {
             let files = if n == 0 {
-                vec![file("log.txt", 1, "v1")]
+                vec![file_entry("log.txt", 1, "v1")]
             } else {
                 vec![]
             };
@@ -106,7 +76,7 @@ fn a_killed_index_keeps_every_acknowledged_write() {
                     }
                     let next = granted.1["version"].as_u64().unwrap() + 1;
                     let content = format!("client {n} v{next}");
-                    let f = file("log.txt", next, &content);
+                    let f = file_entry("log.txt", next, &content);
                     let Some(answer) = try_post(
                         &format!("{url}/announce"),
                         &json!({
@@ -186,7 +156,7 @@ fn leases_and_peers_survive_a_restart() {
     let port = free_port();
     let mut index = start_on(port, data.path(), &["--peer-timeout", "2"]);
     let url = index.url.clone();
-    let a = identity(&url, 9201, vec![file("doc.txt", 1, "v1")]);
+    let a = identity(&url, 9201, vec![file_entry("doc.txt", 1, "v1")]);
     let b = identity(&url, 9202, vec![]);
     let granted = lease(&url, &a, "doc.txt");
     assert_eq!(granted.status, 200);
@@ -215,7 +185,11 @@ fn a_damaged_log_is_refused_with_its_offset_and_a_torn_tail_is_cut() {
     let port = free_port();
     let mut index = start_on(port, data.path(), &[]);
     for n in 0..5 {
-        identity(&index.url, 9300 + n, vec![file(&format!("f{n}"), 1, "x")]);
+        identity(
+            &index.url,
+            9300 + n,
+            vec![file_entry(&format!("f{n}"), 1, "x")],
+        );
     }
     index.proc.kill();
     let segment = fs::read_dir(data.path())

@@ -25,29 +25,6 @@ fn wait_converged(primary: &str, shadow: &str) -> Value {
     })
 }
 
-struct Id {
-    peer_id: String,
-    token: String,
-}
-
-fn register(url: &str, port: u16, files: Vec<Value>) -> Id {
-    let answer = post(
-        &format!("{url}/register"),
-        &json!({"addr": format!("127.0.0.1:{port}"), "files": files}).to_string(),
-    );
-    assert_eq!(answer.status, 200, "{}", answer.body);
-    let body = answer.json();
-    Id {
-        peer_id: body["peer_id"].as_str().unwrap().into(),
-        token: body["token"].as_str().unwrap().into(),
-    }
-}
-
-fn file(name: &str, version: u64, content: &str) -> Value {
-    json!({"name": name, "version": version, "size": content.len(),
-           "sha256": sha256_hex(content.as_bytes())})
-}
-
 /// Publishes the next version of `name` as `id`: lease, then announce.
 fn publish(url: &str, id: &Id, name: &str, content: &str) {
     let lease = post(
@@ -57,7 +34,7 @@ fn publish(url: &str, id: &Id, name: &str, content: &str) {
     assert_eq!(lease.status, 200, "{}", lease.body);
     let lease = lease.json();
     let next = lease["version"].as_u64().unwrap() + 1;
-    let f = file(name, next, content);
+    let f = file_entry(name, next, content);
     let answer = post(
         &format!("{url}/announce"),
         &json!({"peer_id": id.peer_id, "token": id.token, "file": name, "version": next,
@@ -95,8 +72,8 @@ fn the_shadow_mirrors_the_primary_and_refuses_writes() {
     } = addrs();
     let shadow = start_shadow(sport, &purl, &[]);
     let primary = start_primary(pport, &surl, &[]);
-    let a = register(&primary.url, 9001, vec![file("doc.txt", 1, "v1")]);
-    let _b = register(&primary.url, 9002, vec![file("doc.txt", 1, "v1")]);
+    let a = identity(&primary.url, 9001, vec![file_entry("doc.txt", 1, "v1")]);
+    let _b = identity(&primary.url, 9002, vec![file_entry("doc.txt", 1, "v1")]);
     publish(&primary.url, &a, "doc.txt", "v2");
     let lease = post(
         &format!("{}/lease", primary.url),
@@ -352,7 +329,7 @@ fn late_and_restarted_shadows_converge_under_writes() {
     } = addrs();
     // A short op log, so that a shadow that misses ops must catch up by snapshot.
     let primary = start_primary(pport, &surl, &["--sync-log", "20"]);
-    let writer = register(&primary.url, 9100, vec![file("log.txt", 1, "0")]);
+    let writer = identity(&primary.url, 9100, vec![file_entry("log.txt", 1, "0")]);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writes = {
         let (url, stop) = (primary.url.clone(), stop.clone());
@@ -362,7 +339,7 @@ fn late_and_restarted_shadows_converge_under_writes() {
                 n += 1;
                 publish(&url, &writer, "log.txt", &n.to_string());
                 if n.is_multiple_of(10) {
-                    register(&url, 9200 + (n % 500) as u16, vec![file("x", 1, "x")]);
+                    identity(&url, 9200 + (n % 500) as u16, vec![file_entry("x", 1, "x")]);
                 }
             }
             n
@@ -455,7 +432,7 @@ fn a_shadow_restarted_alone_keeps_its_state() {
     let sdata = sdir.path().to_str().unwrap().to_string();
     let shadow = start_shadow(sport, &purl, &["--data-dir", &sdata]);
     let primary = start_primary(pport, &surl, &["--data-dir", pdir.path().to_str().unwrap()]);
-    register(&primary.url, 9401, vec![file("kept.txt", 1, "kept")]);
+    identity(&primary.url, 9401, vec![file_entry("kept.txt", 1, "kept")]);
     let p = wait_converged(&purl, &surl);
     drop(primary);
     drop(shadow);

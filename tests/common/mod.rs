@@ -386,6 +386,41 @@ pub fn corrupt_server(len: usize) -> (String, Arc<AtomicUsize>) {
     (addr, served)
 }
 
+/// A peer identity made by registering over HTTP (no peer process behind it).
+pub struct Id {
+    pub peer_id: String,
+    pub token: String,
+}
+
+/// One file entry as a peer reports it, for `content`.
+pub fn file_entry(name: &str, version: u64, content: &str) -> serde_json::Value {
+    serde_json::json!({"name": name, "version": version, "size": content.len(),
+                       "sha256": sha256_hex(content.as_bytes())})
+}
+
+/// Registers a new identity at `127.0.0.1:port` holding `files`; none may be refused.
+pub fn identity(url: &str, port: u16, files: Vec<serde_json::Value>) -> Id {
+    let answer = post(
+        &format!("{url}/register"),
+        &serde_json::json!({"addr": format!("127.0.0.1:{port}"), "files": files}).to_string(),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let body = answer.json();
+    assert!(body["rejected"].as_array().unwrap().is_empty(), "{body}");
+    Id {
+        peer_id: body["peer_id"].as_str().unwrap().into(),
+        token: body["token"].as_str().unwrap().into(),
+    }
+}
+
+/// `POST /lease` for `file` as `id`.
+pub fn lease(url: &str, id: &Id, file: &str) -> Answer {
+    post(
+        &format!("{url}/lease"),
+        &serde_json::json!({"peer_id": id.peer_id, "token": id.token, "file": file}).to_string(),
+    )
+}
+
 /// Calls `check` until it returns `Some`, or panics with `what` after the deadline.
 pub fn poll_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + DEADLINE;
