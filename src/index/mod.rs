@@ -771,8 +771,13 @@ mod tests {
             assert_eq!(shadow.read().seq(), primary.read().seq());
             assert_eq!(shadow.read().digest(), primary.read().digest());
         }
-        // The sweeps are ops too.
+        // A touch is no op, but its liveness reaches the shadow with the next push.
         primary.touch("a", &hash_token("a")).unwrap();
+        let seq = primary.read().seq();
+        assert!(!push(&primary, &shadow).need_snapshot);
+        assert_eq!(shadow.read().seq(), seq, "no op was shipped for it");
+        assert_eq!(shadow.read().liveness(), primary.read().liveness());
+        // The sweeps are ops too.
         NOW.fetch_add(1_000, Ordering::Relaxed);
         assert!(!primary.expire_leases().is_empty());
         assert_eq!(
