@@ -68,14 +68,14 @@ struct Args {
     #[argh(option, default = "1")]
     busy_backoff_ms: u64,
     /// writer counts of the durability write rows, comma-separated ("" skips the rows)
-    #[argh(option, default = "Counts(vec![1, 10, 100])")]
-    durability_writers: Counts,
+    #[argh(option, default = "List(vec![1, 10, 100])")]
+    durability_writers: List<usize>,
     /// fsync modes (always, batch, never) of the durability write rows, comma-separated
     #[argh(
         option,
-        default = "Modes(vec![Fsync::Always, Fsync::Batch, Fsync::Never])"
+        default = "List(vec![Fsync::Always, Fsync::Batch, Fsync::Never])"
     )]
-    fsync_modes: Modes,
+    fsync_modes: List<Fsync>,
     /// peers registered for the restart measurement (0 skips it)
     #[argh(option, default = "1000")]
     restart_peers: usize,
@@ -84,33 +84,22 @@ struct Args {
     restart_files_per_peer: usize,
 }
 
-/// A comma-separated list of counts.
-struct Counts(Vec<usize>);
+/// A comma-separated list of values (counts, `--fsync` modes); empty items are skipped.
+struct List<T>(Vec<T>);
 
-impl FromStr for Counts {
+impl<T: FromStr> FromStr for List<T>
+where
+    T::Err: std::fmt::Display,
+{
     type Err = String;
 
-    fn from_str(s: &str) -> Result<Counts, String> {
+    fn from_str(s: &str) -> Result<List<T>, String> {
         s.split(',')
-            .filter(|n| !n.trim().is_empty())
-            .map(|n| n.trim().parse().map_err(|e| format!("{n:?}: {e}")))
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| item.parse().map_err(|e| format!("{item:?}: {e}")))
             .collect::<Result<_, _>>()
-            .map(Counts)
-    }
-}
-
-/// A comma-separated list of `--fsync` modes.
-struct Modes(Vec<Fsync>);
-
-impl FromStr for Modes {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Modes, String> {
-        s.split(',')
-            .filter(|m| !m.trim().is_empty())
-            .map(|m| m.trim().parse())
-            .collect::<Result<_, _>>()
-            .map(Modes)
+            .map(List)
     }
 }
 

@@ -219,12 +219,8 @@ fn new_files_and_removals_reach_the_index_and_unleased_edits_are_refused() {
     // An edit made outside `update` has no lease: the index refuses it as v2, says why, and
     // stops listing the peer as a holder of content it no longer has.
     fs::write(a.path().join("one.txt"), b"v2 content").unwrap();
-    poll_until("the peer hears that v2 needs a lease", || {
-        pa.proc
-            .stderr_lines()
-            .into_iter()
-            .find(|l| l.contains("refused one.txt") && l.contains("lease"))
-    });
+    pa.proc
+        .wait_stderr(|l| l.contains("refused one.txt") && l.contains("lease"));
     assert!(search(&index.url, "one.txt").is_empty());
     let info = get(&format!("{}/file?name=one.txt", index.url)).json();
     assert_eq!(info["versions"].as_array().unwrap().len(), 1, "{info}");

@@ -150,13 +150,8 @@ fn a_corrupt_holder_is_detected_and_the_next_one_used() {
     );
     assert_eq!(fs::read(c.path().join("data.bin")).unwrap(), content);
     // The log line was written before the result; its reader thread may lag a little.
-    poll_until("the bad bytes are reported", || {
-        pc.proc
-            .stderr_lines()
-            .iter()
-            .any(|l| l.contains(&evil_addr) && l.contains("bad content"))
-            .then_some(())
-    });
+    pc.proc
+        .wait_stderr(|l| l.contains(&evil_addr) && l.contains("bad content"));
     // Nothing unverified is left behind.
     let partial = fs::read_dir(c.path().join(".nap/partial")).unwrap().count();
     assert_eq!(partial, 0);

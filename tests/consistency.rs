@@ -350,12 +350,7 @@ fn update_tells_who_is_editing_and_keeps_an_edit_whose_lease_was_lost() {
     pa.proc.send("update doc.txt");
     pa.proc.wait_stdout("editor open on");
     drop(index);
-    poll_until("the peer notices the lease is lost", || {
-        pa.proc
-            .stderr_lines()
-            .into_iter()
-            .find(|l| l.contains("lost"))
-    });
+    pa.proc.wait_stderr(|l| l.contains("lost"));
     fs::write(&release, b"").unwrap();
     let line = pa.proc.wait_stdout("NOT published");
     assert!(line.contains("lease"), "{line}");
@@ -403,12 +398,7 @@ fn unleased_edit_then_update(other_holder: bool) -> (String, Vec<u8>, Vec<u8>) {
     let editor = appending_editor(tools.path(), "via update");
     let mut pa = start_editing_peer(a.path(), url, &editor, &["--rescan-interval", "0.2"]);
     fs::write(a.path().join("doc.txt"), b"v1\nbehind its back\n").unwrap();
-    poll_until("the index refuses the unleased edit", || {
-        pa.proc
-            .stderr_lines()
-            .into_iter()
-            .find(|l| l.contains("refused doc.txt"))
-    });
+    pa.proc.wait_stderr(|l| l.contains("refused doc.txt"));
     let line = pa.proc.command("update doc.txt", "Published");
     assert!(line.contains("doc.txt v2"), "{line}");
     let transcript = pa.proc.transcript();

@@ -125,11 +125,7 @@ fn a_killed_index_keeps_every_acknowledged_write() {
         expected,
         "gapless"
     );
-    assert!(index
-        .proc
-        .stderr_lines()
-        .iter()
-        .any(|l| l.contains("loaded the index")));
+    index.proc.wait_stderr(|l| l.contains("loaded the index"));
 }
 
 /// POSTs `body`; `None` when the index does not answer (it was killed).
@@ -206,11 +202,7 @@ fn a_damaged_log_is_refused_with_its_offset_and_a_torn_tail_is_cut() {
     fs::write(&segment, &bytes).unwrap();
     let mut index = start_on(port, data.path(), &[]);
     assert_eq!(get(&format!("{}/status", index.url)).json()["peers"], 5);
-    assert!(index
-        .proc
-        .stderr_lines()
-        .iter()
-        .any(|l| l.contains("torn record")));
+    index.proc.wait_stderr(|l| l.contains("torn record"));
     index.proc.kill();
 
     // A flipped byte in the first record, with more after it: the index will not start.
@@ -230,9 +222,5 @@ fn a_damaged_log_is_refused_with_its_offset_and_a_torn_tail_is_cut() {
     );
     assert!(!proc.wait_exit().success());
     let name = segment.file_name().unwrap().to_str().unwrap().to_string();
-    poll_until("the refusal names the file and the offset", || {
-        proc.stderr_lines()
-            .into_iter()
-            .find(|l| l.contains("offset 0") && l.contains(&name))
-    });
+    proc.wait_stderr(|l| l.contains("offset 0") && l.contains(&name));
 }

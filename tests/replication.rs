@@ -253,13 +253,9 @@ fn a_killed_primary_leaves_reads_working_and_writes_read_only_until_it_returns()
     // and the shell's peer goes back to it.
     let before = status(&pair.surl);
     let primary = start_primary(pair.pport, &pair.surl, &[]);
-    poll_until("the primary says it recovered from the shadow", || {
-        primary
-            .proc
-            .stderr_lines()
-            .into_iter()
-            .find(|l| l.contains("recovered the index state"))
-    });
+    primary
+        .proc
+        .wait_stderr(|l| l.contains("recovered the index state"));
     let after = status(&primary.url);
     assert!(after["seq"].as_u64() >= before["seq"].as_u64(), "{after}");
     assert_ne!(
@@ -372,11 +368,7 @@ fn late_and_restarted_shadows_converge_under_writes() {
         published + 1,
         "{p}"
     );
-    assert!(shadow
-        .proc
-        .stderr_lines()
-        .iter()
-        .any(|l| l.contains("snapshot")));
+    shadow.proc.wait_stderr(|l| l.contains("snapshot"));
 }
 
 /// The primary takes the publish and freezes before answering: the shell says the publish is
@@ -411,11 +403,7 @@ fn a_publish_the_frozen_primary_applies_late_is_settled() {
         let info = get(&format!("{url}/file?name=doc.txt")).json();
         (info["holders"][0]["version"] == 2).then_some(())
     });
-    assert!(pa
-        .proc
-        .stderr_lines()
-        .iter()
-        .any(|l| l.contains("published after all")));
+    pa.proc.wait_stderr(|l| l.contains("published after all"));
 }
 
 /// With data directories, a shadow restarted on its own still answers with what it had: the

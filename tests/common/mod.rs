@@ -113,6 +113,21 @@ impl Proc {
         self.stdout.lines.lock().unwrap().clone()
     }
 
+    /// Waits for a stderr line `found` accepts (logs are read by a thread of their own, so a
+    /// line may land a moment after the event); panics with the transcript after the deadline.
+    pub fn wait_stderr(&self, found: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(line) = self.stderr_lines().into_iter().find(|l| found(l)) {
+                return line;
+            }
+            if Instant::now() > deadline {
+                panic!("{}: no such stderr line\n{}", self.name, self.transcript());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn stderr_lines(&self) -> Vec<String> {
         self.stderr.lines.lock().unwrap().clone()
     }
