@@ -9,6 +9,9 @@ pub const PATH_ANNOUNCE: &str = "/announce";
 pub const PATH_UNREGISTER: &str = "/unregister";
 pub const PATH_SEARCH: &str = "/search";
 pub const PATH_STATUS: &str = "/status";
+/// Liveness and role only, answered without touching the index state: for health checks,
+/// and as the cheapest request the HTTP stack can serve.
+pub const PATH_HEALTH: &str = "/health";
 pub const PATH_LEASE: &str = "/lease";
 pub const PATH_LEASE_RENEW: &str = "/lease/renew";
 pub const PATH_LEASE_RELEASE: &str = "/lease/release";
@@ -240,6 +243,14 @@ pub struct SearchResult {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SearchResponse {
     pub results: Vec<SearchResult>,
+}
+
+/// The answer of `GET /health`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HealthResponse {
+    pub ok: bool,
+    /// "primary" or "shadow".
+    pub role: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

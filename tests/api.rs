@@ -87,6 +87,7 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
     assert_eq!(get(&format!("{url}/nope")).status, 404);
     assert_eq!(get(&format!("{url}/register")).status, 405);
     assert_eq!(post(&format!("{url}/search?q=x"), "").status, 405);
+    assert_eq!(post(&format!("{url}/health"), "").status, 405);
     assert_eq!(get(&format!("{url}/search")).status, 400);
     assert_eq!(get(&format!("{url}/search?q=x&limit=lots")).status, 400);
     assert_eq!(get(&format!("{url}/search?q=%zz")).status, 400);

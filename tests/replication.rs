@@ -87,6 +87,11 @@ fn the_shadow_mirrors_the_primary_and_refuses_writes() {
     assert_eq!(s["role"], "shadow");
     assert_eq!(s["primary"], purl.as_str());
     assert_eq!(p["shadows"][0]["url"], surl.as_str());
+    for (url, role) in [(&purl, "primary"), (&surl, "shadow")] {
+        let health = get(&format!("{url}/health"));
+        assert_eq!(health.status, 200);
+        assert_eq!(health.json(), json!({"ok": true, "role": role}));
+    }
     // The primary hears the shadow's acknowledgement with the answer to its push.
     poll_until("the primary sees the shadow's ack", || {
         let shadows = status(&primary.url)["shadows"].clone();

@@ -243,6 +243,21 @@ fn route(index: &Index, request: &mut Request) -> Result<Reply, ApiError> {
             expect(Method::Get, "GET")?;
             status(index, query)
         }
+        protocol::PATH_HEALTH => {
+            expect(Method::Get, "GET")?;
+            let role = if index.is_shadow() {
+                "shadow"
+            } else {
+                "primary"
+            };
+            Ok(Reply::json(
+                200,
+                &protocol::HealthResponse {
+                    ok: true,
+                    role: role.into(),
+                },
+            ))
+        }
         protocol::PATH_SYNC => {
             expect(Method::Post, "POST")?;
             check_secret(index, request)?;

@@ -19,9 +19,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::protocol::{
-    self, AnnounceRequest, AnnounceResponse, ErrorBody, FileInfoResponse, HeartbeatRequest,
-    HeartbeatResponse, LeaseIdRequest, LeaseRequest, LeaseResponse, RegisterRequest,
-    RegisterResponse, ReleaseResponse, SearchResponse, StatusResponse, UnregisterRequest,
+    self, AnnounceRequest, AnnounceResponse, ErrorBody, FileInfoResponse, HealthResponse,
+    HeartbeatRequest, HeartbeatResponse, LeaseIdRequest, LeaseRequest, LeaseResponse,
+    RegisterRequest, RegisterResponse, ReleaseResponse, SearchResponse, StatusResponse,
+    UnregisterRequest,
 };
 
 /// Largest JSON answer read from the index.
@@ -197,6 +198,11 @@ impl IndexClient {
             protocol::url_encode(text)
         );
         self.call(&path, None::<&()>, Duration::ZERO)
+    }
+
+    /// Liveness and role, without the index reading its state.
+    pub fn health(&self) -> Result<HealthResponse, ClientError> {
+        self.call(protocol::PATH_HEALTH, None::<&()>, Duration::ZERO)
     }
 
     pub fn status(&self) -> Result<StatusResponse, ClientError> {
