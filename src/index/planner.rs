@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::state::{FileEntry, IndexState, Millis};
+use super::state::{FileEntry, IndexState, Millis, Touched};
 use crate::protocol::{Task, UnderReplicatedFile};
 
 /// At most this many sources per task: enough to survive a few dead holders, short enough to
@@ -91,6 +91,11 @@ pub struct InFlight {
     by_peer: HashMap<String, BTreeSet<String>>,
     /// (file, version, peer) -> until when not to ask that peer again.
     cooling: HashMap<(String, u64, String), Millis>,
+    /// The files below R after the last pass, kept up to date from the names the state
+    /// says changed, so that a pass costs what changed, not the whole index.
+    short: BTreeSet<String>,
+    /// Whether `short` was ever filled: a new planner starts with a look at every file.
+    scanned: bool,
 }
 
 impl InFlight {
@@ -210,9 +215,19 @@ pub struct Plan {
 /// assigned to peers that lack it, least loaded first (fewest files, then fewest tasks in
 /// flight), at most `max_tasks_per_peer` in flight per peer and never two for one copy.
 ///
-/// Cost: one pass over the files and one over the tasks in flight; each assignment walks the
-/// load-ordered peers only past those that cannot take it.
-pub fn plan(state: &IndexState, flight: &mut InFlight, now: Millis, cfg: &PlanConfig) -> Plan {
+/// `touched` names the files changed since the last pass (`IndexState::take_touched`);
+/// only those are checked against R again, besides the files already below it.
+///
+/// Cost: one pass over the changed and the under-replicated files (over all of them when
+/// `touched` is `All`), one over the peers and one over the tasks in flight; each
+/// assignment walks the load-ordered peers only past those that cannot take it.
+pub fn plan(
+    state: &IndexState,
+    touched: Touched,
+    flight: &mut InFlight,
+    now: Millis,
+    cfg: &PlanConfig,
+) -> Plan {
     let mut out = Plan::default();
     let mut settled = Vec::new();
     for (id, a) in &flight.by_id {
@@ -247,19 +262,42 @@ pub fn plan(state: &IndexState, flight: &mut InFlight, now: Millis, cfg: &PlanCo
 
     // Files below R, in name order so that a plan does not depend on hash order.
     let want = cfg.replication_factor;
-    let mut short: Vec<(&str, &FileEntry, u64, usize)> = Vec::new();
-    for name in state.file_names() {
-        let Some(entry) = state.file(name) else {
-            continue;
-        };
+    let below = |entry: &FileEntry| {
         let latest = entry.latest_version();
         let holders = entry.holders.values().filter(|v| **v == latest).count();
         // No holder at all: the file left the network with its last holder; not ours to copy.
-        if holders > 0 && holders < want {
-            short.push((name, entry, latest, holders));
+        (holders > 0 && holders < want).then_some((latest, holders))
+    };
+    let touched = if flight.scanned {
+        touched
+    } else {
+        Touched::All
+    };
+    flight.scanned = true;
+    match touched {
+        Touched::All => {
+            flight.short = state
+                .file_names()
+                .filter(|name| state.file(name).and_then(below).is_some())
+                .map(str::to_string)
+                .collect();
+        }
+        Touched::Names(names) => {
+            for name in names {
+                if state.file(&name).and_then(below).is_some() {
+                    flight.short.insert(name);
+                } else {
+                    flight.short.remove(&name);
+                }
+            }
         }
     }
-    short.sort_unstable_by_key(|(name, ..)| *name);
+    let short: Vec<(&str, &FileEntry, u64, usize)> = flight
+        .short
+        .iter()
+        .filter_map(|name| state.file_named(name))
+        .filter_map(|(name, entry)| below(entry).map(|(v, h)| (name, entry, v, h)))
+        .collect();
 
     // Peers that can take a task, least loaded first.
     let mut ready: BTreeSet<(usize, usize, &str)> = state
@@ -338,6 +376,12 @@ mod tests {
     use crate::index::state::tests::meta;
     use crate::index::state::{hash_token, Op};
     use crate::protocol::FileMeta;
+
+    /// A planner pass as the planner thread runs it: over the names changed since the last.
+    fn pass(s: &mut IndexState, flight: &mut InFlight, now: Millis, cfg: &PlanConfig) -> Plan {
+        let touched = s.take_touched();
+        plan(s, touched, flight, now, cfg)
+    }
 
     fn register(id: &str, port: u16, files: Vec<FileMeta>) -> Op {
         Op::Register {
@@ -446,7 +490,7 @@ mod tests {
         s.apply(register("idle1", 3, vec![]), 0).unwrap();
         s.apply(register("idle2", 4, vec![]), 0).unwrap();
         let mut flight = InFlight::default();
-        let plan1 = plan(&s, &mut flight, 10, &cfg(2, 4));
+        let plan1 = pass(&mut s, &mut flight, 10, &cfg(2, 4));
         let target = |file: &str| -> Vec<String> {
             flight
                 .by_id
@@ -483,14 +527,14 @@ mod tests {
 
         // Planning again changes nothing: a copy in flight is not handed out twice.
         let before = flight.len();
-        let again = plan(&s, &mut flight, 20, &cfg(2, 4));
+        let again = pass(&mut s, &mut flight, 20, &cfg(2, 4));
         assert!(again.assigned.is_empty());
         assert_eq!(flight.len(), before);
 
         // Done copies leave the books; the file is no longer under-replicated.
         let done = flight.tasks_for("idle1")[0].clone();
         announce(&mut s, "idle1", meta(&done.file, 1, &done.file), 30);
-        let after = plan(&s, &mut flight, 30, &cfg(2, 4));
+        let after = pass(&mut s, &mut flight, 30, &cfg(2, 4));
         assert!(flight
             .tasks_for("idle1")
             .iter()
@@ -506,12 +550,12 @@ mod tests {
         s.apply(register("a", 1, files), 0).unwrap();
         s.apply(register("b", 2, vec![]), 0).unwrap();
         let mut flight = InFlight::default();
-        plan(&s, &mut flight, 0, &cfg(2, 3));
+        pass(&mut s, &mut flight, 0, &cfg(2, 3));
         assert_eq!(flight.tasks_for("b").len(), 3, "K = 3");
         assert!(flight.tasks_for("a").is_empty(), "a holds them all");
         // With R = 3 and only two peers, the rest waits: reported under-replicated.
         let mut flight = InFlight::default();
-        let p = plan(&s, &mut flight, 0, &cfg(3, 100));
+        let p = pass(&mut s, &mut flight, 0, &cfg(3, 100));
         assert_eq!(flight.tasks_for("b").len(), 10);
         assert_eq!(p.under_replicated.len(), 10);
         assert!(p
@@ -529,11 +573,11 @@ mod tests {
         s.apply(register("b", 2, vec![]), 0).unwrap();
         s.apply(register("c", 3, vec![other]), 0).unwrap();
         let mut flight = InFlight::default();
-        plan(&s, &mut flight, 0, &cfg(2, 4));
+        pass(&mut s, &mut flight, 0, &cfg(2, 4));
         let first = flight.tasks_for("b");
         assert_eq!(first.len(), 1, "b has fewer files than c");
         // Past the deadline: taken back, and given to c; b is not asked again for a while.
-        let p = plan(&s, &mut flight, 1_000, &cfg(2, 4));
+        let p = pass(&mut s, &mut flight, 1_000, &cfg(2, 4));
         assert_eq!(p.timed_out.len(), 1);
         assert_eq!(flight.tasks_for("c")[0].file, "f");
         assert!(flight.tasks_for("b").is_empty());
@@ -541,9 +585,9 @@ mod tests {
         let task_id = flight.tasks_for("c")[0].task_id.clone();
         assert!(flight.failed("c", &task_id, 1_100, 5_000));
         assert!(!flight.failed("c", &task_id, 1_100, 5_000), "only once");
-        plan(&s, &mut flight, 1_200, &cfg(2, 4));
+        pass(&mut s, &mut flight, 1_200, &cfg(2, 4));
         assert!(flight.is_empty(), "b cools down until 2000, c until 6100");
-        plan(&s, &mut flight, 2_000, &cfg(2, 4));
+        pass(&mut s, &mut flight, 2_000, &cfg(2, 4));
         assert_eq!(flight.tasks_for("b").len(), 1);
         // A peer that leaves takes its tasks with it.
         s.apply(
@@ -553,7 +597,7 @@ mod tests {
             2_100,
         )
         .unwrap();
-        plan(&s, &mut flight, 2_100, &cfg(2, 4));
+        pass(&mut s, &mut flight, 2_100, &cfg(2, 4));
         assert!(flight.tasks_for("b").is_empty());
     }
 
@@ -566,7 +610,7 @@ mod tests {
             .unwrap();
         s.apply(register("c", 3, vec![]), 0).unwrap();
         let mut flight = InFlight::default();
-        let p = plan(&s, &mut flight, 0, &cfg(2, 4));
+        let p = pass(&mut s, &mut flight, 0, &cfg(2, 4));
         assert!(flight.is_empty() && p.under_replicated.is_empty());
         s.apply(
             Op::Prune {
@@ -575,7 +619,7 @@ mod tests {
             1,
         )
         .unwrap();
-        let p = plan(&s, &mut flight, 1, &cfg(2, 4));
+        let p = pass(&mut s, &mut flight, 1, &cfg(2, 4));
         assert!(flight.is_empty() && p.under_replicated.is_empty());
     }
 
@@ -586,7 +630,7 @@ mod tests {
             .unwrap();
         s.apply(register("b", 2, vec![]), 0).unwrap();
         let mut flight = InFlight::default();
-        plan(&s, &mut flight, 0, &cfg(2, 4));
+        pass(&mut s, &mut flight, 0, &cfg(2, 4));
         assert!(flight.has_unsent("b"));
         assert_eq!(flight.deliver("b").len(), 1);
         assert!(
@@ -597,5 +641,87 @@ mod tests {
         assert!(flight.done("b", "f", 1));
         assert!(flight.is_empty());
         assert!(!flight.done("b", "f", 1));
+    }
+
+    #[test]
+    fn the_changed_names_keep_the_short_list_a_full_scan_would_find() {
+        let c = cfg(2, 1_000);
+        let full_scan = |s: &IndexState| -> Vec<String> {
+            let mut fresh = InFlight::default();
+            let p = plan(s, Touched::All, &mut fresh, 0, &c);
+            p.under_replicated.into_iter().map(|u| u.name).collect()
+        };
+        let files =
+            |names: &[&str]| -> Vec<FileMeta> { names.iter().map(|n| meta(n, 1, n)).collect() };
+        let lease = |s: &mut IndexState, peer: &str, file: &str, id: &str| {
+            s.apply(
+                Op::AcquireLease {
+                    peer_id: peer.into(),
+                    token_hash: hash_token(peer),
+                    file: file.into(),
+                    lease_id: id.into(),
+                    ttl_ms: 60_000,
+                },
+                0,
+            )
+            .unwrap();
+        };
+        type Change<'a> = Box<dyn Fn(&mut IndexState) + 'a>;
+        let ops: Vec<Change> = vec![
+            Box::new(|s| {
+                s.apply(register("a", 1, files(&["f0", "f1", "f2", "f3"])), 0)
+                    .unwrap();
+            }),
+            Box::new(|s| {
+                s.apply(register("b", 2, files(&["f0", "f1"])), 0).unwrap();
+            }),
+            Box::new(|s| {
+                let op = Op::Heartbeat {
+                    peer_id: "b".into(),
+                    token_hash: hash_token("b"),
+                    added: files(&["f2"]),
+                    removed: vec!["f1".into()],
+                };
+                s.apply(op, 0).unwrap();
+            }),
+            Box::new(|s| {
+                lease(s, "a", "f0", "L1");
+                let op = Op::Announce {
+                    peer_id: "a".into(),
+                    token_hash: hash_token("a"),
+                    file: meta("f0", 2, "f0 v2"),
+                    lease_id: Some("L1".into()),
+                };
+                s.apply(op, 0).unwrap();
+            }),
+            Box::new(|s| {
+                s.apply(register("c", 3, vec![meta("f0", 2, "f0 v2")]), 0)
+                    .unwrap();
+            }),
+            Box::new(|s| {
+                let op = Op::Unregister {
+                    peer_id: "a".into(),
+                    token_hash: hash_token("a"),
+                };
+                s.apply(op, 0).unwrap();
+            }),
+            Box::new(|s| {
+                s.apply(
+                    Op::Prune {
+                        peers: vec!["b".into()],
+                    },
+                    0,
+                )
+                .unwrap();
+            }),
+        ];
+        let mut s = IndexState::default();
+        let mut flight = InFlight::default();
+        for (n, op) in ops.iter().enumerate() {
+            op(&mut s);
+            let p = pass(&mut s, &mut flight, n as u64, &c);
+            let incremental: Vec<String> = p.under_replicated.into_iter().map(|u| u.name).collect();
+            assert_eq!(incremental, full_scan(&s), "after op {n}");
+        }
     }
 }

@@ -169,10 +169,12 @@ fn plan_once(index: &Index, config: &PlanConfig) {
         return;
     }
     let now = index.now();
+    // Taking the changed names needs the write lock, but only for a swap.
+    let touched = index.write().take_touched();
     let plan = {
         let state = index.read();
         let mut flight = index.flight();
-        planner::plan(&state, &mut flight, now, config)
+        planner::plan(&state, touched, &mut flight, now, config)
     };
     for late in &plan.timed_out {
         log::warn!(

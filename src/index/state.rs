@@ -199,6 +199,35 @@ pub struct IndexState {
     /// Names with at least one holder, kept up to date so `/status` never counts.
     held_files: usize,
     leases: LeaseTable,
+    /// Names whose holders or versions changed since the planner last took them.
+    touched: Touched,
+}
+
+/// Most names `Touched` lists before it gives up and says "all" (a shadow, where no planner
+/// takes them, stays at "all" and so records nothing).
+const MAX_TOUCHED: usize = 65_536;
+
+/// The names whose holders or latest version changed since the planner last looked, so a
+/// pass re-examines those instead of every file. Bookkeeping for the planner, outside the
+/// state's meaning: not in its snapshot or digest.
+#[derive(Debug, Default)]
+pub enum Touched {
+    /// Look at every file (a new or restored state, or too many changes to list).
+    #[default]
+    All,
+    Names(HashSet<String>),
+}
+
+impl Touched {
+    fn mark(&mut self, name: &str) {
+        if let Touched::Names(names) = self {
+            if names.len() >= MAX_TOUCHED {
+                *self = Touched::All;
+            } else if !names.contains(name) {
+                names.insert(name.to_string());
+            }
+        }
+    }
 }
 
 /// Splits a name or query into lowercase alphanumeric tokens ("My_Song-01.mp3" ->
@@ -235,6 +264,7 @@ impl IndexState {
             tokens: HashMap::with_capacity(files),
             held_files: 0,
             leases: LeaseTable::default(),
+            touched: Touched::All,
         }
     }
 
@@ -373,6 +403,19 @@ impl IndexState {
 
     pub fn file(&self, name: &str) -> Option<&FileEntry> {
         self.files.get(name)
+    }
+
+    /// `name` as the state's own key, with its entry (so a caller can hold the name as long
+    /// as the state).
+    pub fn file_named(&self, name: &str) -> Option<(&str, &FileEntry)> {
+        self.files
+            .get_key_value(name)
+            .map(|(name, entry)| (name.as_str(), entry))
+    }
+
+    /// The names changed since the last call (see `Touched`); from now on changes are listed.
+    pub fn take_touched(&mut self) -> Touched {
+        std::mem::replace(&mut self.touched, Touched::Names(HashSet::new()))
     }
 
     /// Every known file name, in no particular order.
@@ -777,6 +820,7 @@ impl IndexState {
             self.held_files += 1;
         }
         entry.holders.insert(peer_id.to_string(), file.version);
+        self.touched.mark(&file.name);
         if let Some(peer) = self.peers.get_mut(peer_id) {
             peer.files.insert(file.name);
         }
@@ -792,8 +836,11 @@ impl IndexState {
     /// Removes `peer_id` from the holders of `name`, keeping the held-file count true.
     fn release(&mut self, peer_id: &str, name: &str) {
         if let Some(entry) = self.files.get_mut(name) {
-            if entry.holders.remove(peer_id).is_some() && entry.holders.is_empty() {
-                self.held_files -= 1;
+            if entry.holders.remove(peer_id).is_some() {
+                if entry.holders.is_empty() {
+                    self.held_files -= 1;
+                }
+                self.touched.mark(name);
             }
         }
     }
