@@ -96,7 +96,7 @@ fn a_killed_index_keeps_every_acknowledged_write() {
         .collect();
     barrier.wait();
     poll_until("a good number of publishes", || {
-        (versions(&url, "log.txt").len() > 50).then_some(())
+        (versions(&url, "log.txt").len() > 100).then_some(())
     });
     index.proc.kill();
     let mut acked: BTreeMap<u64, String> = BTreeMap::new();
@@ -108,7 +108,8 @@ fn a_killed_index_keeps_every_acknowledged_write() {
             );
         }
     }
-    assert!(acked.len() > 50, "only {} acknowledged", acked.len());
+    // Over 100 publishes were in the history; only the answers in flight at the kill are lost.
+    assert!(acked.len() >= 50, "only {} acknowledged", acked.len());
 
     let index = start_on(port, data.path(), &[]);
     let history = versions(&index.url, "log.txt");
