@@ -22,7 +22,6 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -35,10 +34,10 @@ use nap::protocol::{
     self, AnnounceRequest, AnnounceResponse, FileInfoResponse, FileMeta, LeaseRequest,
     LeaseResponse, RegisterRequest, RegisterResponse, StatusResponse,
 };
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use sha2::{Digest, Sha256};
-use support::{ms, pct, Fleet, ProcId};
+use support::{
+    get_json, ms, pct, post_json, start_pair, start_primary, Fleet, Pair, ProcId, DEADLINE,
+};
 
 /// Failover recovery time and shadow lag of a nap-index primary/shadow pair.
 #[derive(FromArgs)]
@@ -78,76 +77,6 @@ impl FromStr for Part {
     }
 }
 
-/// Shared by every primary and shadow started here.
-const SECRET: &str = "failover-bench-secret";
-/// Bound on every wait for a process or a convergence, so a broken build fails, not hangs.
-const DEADLINE: Duration = Duration::from_secs(30);
-
-/// A running primary/shadow pair: the primary's handle and port, and both base URLs.
-struct Pair {
-    primary: ProcId,
-    pport: u16,
-    purl: String,
-    surl: String,
-}
-
-/// Starts `nap-index` with `args`; its stderr goes to a log file, shown if a trial fails.
-fn start_index(fleet: &mut Fleet, bin: &Path, name: &str, args: &[String]) -> ProcId {
-    fleet.start(name, Command::new(bin).args(args).stdout(Stdio::null()))
-}
-
-/// A primary on `port` replicating to `shadow`.
-fn start_primary(fleet: &mut Fleet, bin: &Path, port: u16, shadow: &str) -> ProcId {
-    let mut args = common_args(port);
-    args.extend(["--shadow".into(), shadow.into()]);
-    start_index(fleet, bin, "primary", &args)
-}
-
-/// A read-only shadow on `port` following `primary`.
-fn start_shadow(fleet: &mut Fleet, bin: &Path, port: u16, primary: &str) -> ProcId {
-    let mut args = common_args(port);
-    args.extend([
-        "--role".into(),
-        "shadow".into(),
-        "--primary".into(),
-        primary.into(),
-    ]);
-    start_index(fleet, bin, "shadow", &args)
-}
-
-/// A shadow and its primary on free ports, both answering.
-fn pair(fleet: &mut Fleet, bin: &Path) -> Pair {
-    let (pport, sport) = free_ports();
-    let purl = format!("http://127.0.0.1:{pport}");
-    let surl = format!("http://127.0.0.1:{sport}");
-    let shadow = start_shadow(fleet, bin, sport, &purl);
-    let primary = start_primary(fleet, bin, pport, &surl);
-    wait_ready(fleet, shadow, &surl, "shadow");
-    wait_ready(fleet, primary, &purl, "primary");
-    Pair {
-        primary,
-        pport,
-        purl,
-        surl,
-    }
-}
-
-/// Waits until the process started as `role` answers `/status` at `url` in that role.
-fn wait_ready(fleet: &mut Fleet, pid: ProcId, url: &str, role: &str) {
-    let started = Instant::now();
-    loop {
-        if let Ok(status) = get_json::<StatusResponse>(&format!("{url}/status")) {
-            assert_eq!(status.role, role, "{url} answers as {}", status.role);
-            return;
-        }
-        if let Ok(Some(exit)) = fleet.child(pid).try_wait() {
-            panic!("{role} exited at start-up ({exit})");
-        }
-        assert!(started.elapsed() < DEADLINE, "{url} never answered");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Sends SIGSTOP or SIGCONT: a fault that was not delivered would be measured as none.
 fn signal(fleet: &mut Fleet, pid: ProcId, name: &str) {
     let sent = fleet.signal(pid, name);
@@ -157,66 +86,10 @@ fn signal(fleet: &mut Fleet, pid: ProcId, name: &str) {
 /// Flags of every index here: no peer is pruned while a trial runs (they never heartbeat),
 /// and the state stays in memory (a restarted primary recovers from its shadow; what is
 /// measured is failover, not the disk).
-fn common_args(port: u16) -> Vec<String> {
-    [
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--peer-timeout",
-        "3600",
-        "--cluster-secret",
-        SECRET,
-        "--in-memory",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-/// Two distinct free ports on 127.0.0.1 (bound, then released for the index to take).
-fn free_ports() -> (u16, u16) {
-    let port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port on 127.0.0.1")
-            .port()
-    };
-    loop {
-        let (a, b) = (port(), port());
-        if a != b {
-            return (a, b);
-        }
-    }
-}
-
-/// An HTTP agent like nap's own: one request per connection, bounded phases.
-fn agent() -> ureq::Agent {
-    nap::peer::client::http_agent(Duration::from_secs(1), Duration::from_secs(5))
-}
-
-/// Reads a 200 answer as JSON; anything else is an error with the status and body.
-fn answer<T: DeserializeOwned>(
-    url: &str,
-    sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-) -> Result<T, String> {
-    let response = sent.map_err(|e| format!("{url}: {e}"))?;
-    let status = response.status().as_u16();
-    let mut body = response.into_body();
-    if status != 200 {
-        let text = body.read_to_string().unwrap_or_default();
-        return Err(format!("{url}: HTTP {status}: {}", text.trim()));
-    }
-    body.read_json().map_err(|e| format!("{url}: {e}"))
-}
-
-fn get_json<T: DeserializeOwned>(url: &str) -> Result<T, String> {
-    answer(url, agent().get(url).header("Connection", "close").call())
-}
-
-fn post_json<B: Serialize, T: DeserializeOwned>(url: &str, body: &B) -> Result<T, String> {
-    let sent = agent()
-        .post(url)
-        .header("Connection", "close")
-        .send_json(body);
-    answer(url, sent)
+fn common_args() -> Vec<String> {
+    ["--peer-timeout", "3600", "--in-memory"]
+        .map(String::from)
+        .to_vec()
 }
 
 fn sha_hex(content: &str) -> String {
@@ -425,7 +298,8 @@ fn failover_trial(bin: &Path, fault: Fault, timeout: Duration) -> Trial {
         pport,
         purl,
         surl,
-    } = pair(&mut fleet, bin);
+        ..
+    } = start_pair(&mut fleet, bin, &common_args());
     seed(&purl);
     wait_converged(&purl, &surl);
 
@@ -488,7 +362,7 @@ fn failover_trial(bin: &Path, fault: Fault, timeout: Duration) -> Trial {
     match fault {
         Fault::Kill => {
             // It comes back empty (a new epoch): searches then find nothing, by design.
-            start_primary(&mut fleet, bin, pport, &surl);
+            start_primary(&mut fleet, bin, pport, &surl, &common_args());
         }
         Fault::Freeze => signal(&mut fleet, primary, "CONT"),
     }
@@ -653,7 +527,7 @@ fn probe_loop(primary: &str, shadow: &str, peer: &RegisterResponse, until: Insta
 
 fn lag(bin: &Path, args: &Args) {
     let mut fleet = Fleet::new("nap-failover-");
-    let Pair { purl, surl, .. } = pair(&mut fleet, bin);
+    let Pair { purl, surl, .. } = start_pair(&mut fleet, bin, &common_args());
     let writers: Vec<RegisterResponse> = (0..args.writers)
         .map(|n| register(&purl, 10_000 + n as u16, vec![first_version(&load_file(n))]))
         .collect();

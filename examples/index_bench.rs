@@ -2,7 +2,7 @@
 //! connection policy costs against keep-alive, the latency of the write path under leases
 //! (a lease, then the announce of the next version), and what durability costs.
 //!
-//!     cargo run --release --example bench -- [--clients N] [--seconds S] [--peers P]
+//!     cargo run --release --example index_bench -- [--clients N] [--seconds S] [--peers P]
 //!         [--only requests|writes|durability] [--busy-backoff-ms MS]
 //!         [--durability-writers 1,10,100] [--fsync-modes always,batch,never]
 //!         [--restart-peers 1000] [--restart-files-per-peer 1000]
@@ -28,6 +28,8 @@
 //! start-up split into its parts by calling the same library functions directly; last, the
 //! latency of a writer and a `/status` reader while the log keeper snapshots that state.
 
+mod support;
+
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -44,6 +46,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use support::List;
 
 /// Index load benchmark.
 #[derive(FromArgs)]
@@ -82,25 +85,6 @@ struct Args {
     /// files each of those peers registers (one POST /register each)
     #[argh(option, default = "1000")]
     restart_files_per_peer: usize,
-}
-
-/// A comma-separated list of values (counts, `--fsync` modes); empty items are skipped.
-struct List<T>(Vec<T>);
-
-impl<T: FromStr> FromStr for List<T>
-where
-    T::Err: std::fmt::Display,
-{
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<List<T>, String> {
-        s.split(',')
-            .map(str::trim)
-            .filter(|item| !item.is_empty())
-            .map(|item| item.parse().map_err(|e| format!("{item:?}: {e}")))
-            .collect::<Result<_, _>>()
-            .map(List)
-    }
 }
 
 /// The groups of rows, so one group can be measured without the others.

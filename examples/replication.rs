@@ -51,7 +51,7 @@ use argh::FromArgs;
 use nap::peer::client::{ClientError, IndexClient};
 use nap::peer::{PeerConfig, PeerNode};
 use nap::protocol::StatusResponse;
-use support::{ms, Fleet, ProcId};
+use support::{ms, Fleet, ProcId, Rng};
 
 /// Replication convergence and churn recovery of nap-index with replication factor R.
 #[derive(FromArgs)]
@@ -275,33 +275,6 @@ fn census(index: &IndexClient, names: &[String], r: usize, gone: Option<&str>) -
 }
 
 // ----- numbers --------------------------------------------------------------------------------
-
-/// A small xorshift generator: file contents and the random pauses (no dependency needed).
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(n + 8);
-        while out.len() < n {
-            out.extend_from_slice(&self.next().to_le_bytes());
-        }
-        out.truncate(n);
-        out
-    }
-}
 
 /// "min | median | p90 | max" in ms, a tenth of a ms below 100 ms.
 fn spread(ds: Vec<Duration>) -> String {
