@@ -206,6 +206,8 @@ struct Run<'a> {
     primary: &'a str,
     until: Instant,
     think: Duration,
+    /// Draws the pauses, so that peers do not fall into step.
+    rng: Rng,
     tally: Phase,
 }
 
@@ -241,10 +243,17 @@ impl Run<'_> {
             self.tally.requests += 1;
             self.client.probe_primary();
         }
-        if !self.think.is_zero() {
-            std::thread::sleep(self.think);
-        }
+        self.pause(0.5);
         result
+    }
+
+    /// Sleeps between `from` and 2 - `from` times the think time, drawn uniformly: with one
+    /// fixed pause, peers that started together would call together, in bursts.
+    fn pause(&mut self, from: f64) {
+        if !self.think.is_zero() {
+            let spread = (2.0 - 2.0 * from) * self.rng.below(1_000_001) as f64 / 1e6;
+            std::thread::sleep(self.think.mul_f64(from + spread));
+        }
     }
 
     fn running(&self) -> bool {
@@ -284,8 +293,12 @@ fn phase(
                                 primary: &urls[0],
                                 until: Instant::now() + length,
                                 think: settings.think,
+                                rng: Rng::new(n as u64 + 1_000_003),
                                 tally: Phase::new(kinds, length.as_secs_f64()),
                             };
+                            // A random start (0 to 2 think times), then pauses of 0.5 to
+                            // 1.5 think times.
+                            run.pause(0.0);
                             body(&mut run);
                             run.tally
                         })
@@ -364,6 +377,17 @@ fn copied(task: &Task) -> FileMeta {
     }
 }
 
+/// Adds the copies `tasks` ask for to those to report, one entry per name (the newest).
+fn queue_copies(pending: &mut Vec<FileMeta>, tasks: &[Task]) {
+    for copy in tasks.iter().map(copied) {
+        match pending.iter_mut().find(|p| p.name == copy.name) {
+            Some(p) if p.version < copy.version => *p = copy,
+            Some(_) => {}
+            None => pending.push(copy),
+        }
+    }
+}
+
 /// One peer of the mix.
 fn mix_peer(run: &mut Run) {
     let group = run.n / 2;
@@ -380,7 +404,7 @@ fn mix_peer(run: &mut Run) {
     let mut pending: Vec<FileMeta> = Vec::new();
     let (peer_id, token) = loop {
         if let Ok(answer) = run.timed(REGISTER, 1, |c| c.register(&register)) {
-            pending.extend(answer.tasks.iter().map(copied));
+            queue_copies(&mut pending, &answer.tasks);
             break (answer.peer_id, answer.token);
         }
         if !run.running() {
@@ -401,7 +425,7 @@ fn mix_peer(run: &mut Run) {
             wait_ms: None,
         };
         match run.timed(HEARTBEAT, 1, |c| c.heartbeat(&heartbeat)) {
-            Ok(answer) => pending.extend(answer.tasks.iter().map(copied)),
+            Ok(answer) => queue_copies(&mut pending, &answer.tasks),
             Err(_) => pending = heartbeat.added,
         }
         for _ in 0..SEARCHES_PER_CYCLE {
