@@ -5,6 +5,7 @@
 use std::io::Read;
 use std::time::Duration;
 
+use crossbeam_channel::{Receiver, Sender};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tiny_http::{Header, Method, Request, Response};
@@ -132,6 +133,10 @@ pub struct Reply {
     pub body: String,
     /// Set on a heartbeat with nothing to say yet: hold the request for a task (long poll).
     park: Option<Park>,
+    /// The op this answer acknowledges (0: none): it is sent only once that op is on disk.
+    after: u64,
+    /// Peers whose waiting heartbeats to answer once this answer is sent.
+    wake: Vec<String>,
 }
 
 /// A heartbeat to hold until its peer has a task, or the wait is over.
@@ -148,6 +153,8 @@ impl Reply {
                 status,
                 body,
                 park: None,
+                after: 0,
+                wake: Vec::new(),
             },
             Err(e) => Reply::error(&ApiError::Internal(format!("cannot encode answer: {e}"))),
         }
@@ -160,12 +167,28 @@ impl Reply {
             status: e.status(),
             body,
             park: None,
+            after: 0,
+            wake: Vec::new(),
         }
+    }
+
+    /// Holds this answer until op `seq` is on disk.
+    fn after(mut self, seq: u64) -> Reply {
+        self.after = seq;
+        self
     }
 }
 
-/// A worker: answers requests until the server is unblocked.
-pub fn serve(index: &Index, server: &tiny_http::Server) {
+/// An answer waiting for its op to reach the disk.
+pub struct Pending {
+    request: Request,
+    reply: Reply,
+}
+
+/// A worker: answers requests until the server is unblocked. An answer that acknowledges an
+/// op goes to the committer when acknowledgements wait for the disk.
+pub fn serve(index: &Index, server: &tiny_http::Server, to_commit: &Sender<Pending>) {
+    let waits = index.acks_wait_for_disk();
     loop {
         let mut request = match server.recv() {
             Ok(rq) => rq,
@@ -174,17 +197,55 @@ pub fn serve(index: &Index, server: &tiny_http::Server) {
                 return;
             }
         };
-        let mut reply = handle(index, &mut request);
+        let reply = handle(index, &mut request);
         log::debug!("{} {} -> {}", request.method(), request.url(), reply.status);
-        match reply.park.take() {
-            // The request waits with the planner's waiters; this worker serves on.
-            Some(park) => {
-                index
-                    .waiters
-                    .park(index, park.peer_id, request, park.wait, park.rejected)
-            }
-            None => respond(request, reply),
+        if reply.after == 0 || !waits {
+            finish(index, request, reply);
+        } else if let Err(unsent) = to_commit.send(Pending { request, reply }) {
+            // No committer (it ended with the server): wait here.
+            let Pending { request, reply } = unsent.into_inner();
+            commit_one(index, request, reply);
         }
+    }
+}
+
+/// The committer: waits until the ops of the queued answers are on disk, all of them with
+/// one write and fsync, then sends them. While it waits, the next group queues up, so one
+/// fsync acknowledges as many writes as arrived meanwhile, whatever the number of workers.
+pub fn commit(index: &Index, pending: &Receiver<Pending>) {
+    while let Ok(first) = pending.recv() {
+        let mut group = vec![first];
+        group.extend(pending.try_iter());
+        let last = group.iter().map(|p| p.reply.after).max().unwrap_or(0);
+        let stored = index.durable(last).map_err(ApiError::from);
+        for Pending { request, reply } in group {
+            match &stored {
+                Ok(()) => finish(index, request, reply),
+                Err(e) => respond(request, Reply::error(e)),
+            }
+        }
+    }
+}
+
+fn commit_one(index: &Index, request: Request, reply: Reply) {
+    match index.durable(reply.after) {
+        Ok(()) => finish(index, request, reply),
+        Err(e) => respond(request, Reply::error(&e.into())),
+    }
+}
+
+/// Sends the answer, or parks a long poll with the planner's waiters; then wakes the peers
+/// the answer names.
+fn finish(index: &Index, request: Request, mut reply: Reply) {
+    let wake = std::mem::take(&mut reply.wake);
+    match reply.park.take() {
+        Some(park) => index
+            .waiters
+            .park(index, park.peer_id, request, park.wait, park.rejected),
+        None => respond(request, reply),
+    }
+    for peer_id in wake {
+        index.waiters.wake(index, &peer_id);
     }
 }
 
@@ -427,7 +488,7 @@ fn register(index: &Index, rq: RegisterRequest) -> Result<Reply, ApiError> {
     };
     let token_hash = credentials(&peer_id, &token)?;
     let addr = rq.addr.clone();
-    let outcome = index.submit(Op::Register {
+    let (outcome, seq) = index.submit_nowait(Op::Register {
         peer_id: peer_id.clone(),
         token_hash,
         addr: rq.addr,
@@ -459,7 +520,8 @@ fn register(index: &Index, rq: RegisterRequest) -> Result<Reply, ApiError> {
             tasks,
             rejected,
         },
-    ))
+    )
+    .after(seq))
 }
 
 fn heartbeat(index: &Index, rq: HeartbeatRequest) -> Result<Reply, ApiError> {
@@ -474,12 +536,12 @@ fn heartbeat(index: &Index, rq: HeartbeatRequest) -> Result<Reply, ApiError> {
     let peer_id = rq.peer_id.clone();
     let wait = Duration::from_millis(rq.wait_ms.unwrap_or(0)).min(replicate::MAX_WAIT);
     let failed = rq.failed;
-    let rejected = if rq.added.is_empty() && rq.removed.is_empty() {
+    let (rejected, seq) = if rq.added.is_empty() && rq.removed.is_empty() {
         // "Still alive" is not a change of the index: no op (see `sync`).
         index.touch(&rq.peer_id, &token_hash)?;
-        Vec::new()
+        (Vec::new(), 0)
     } else {
-        let outcome = index.submit(Op::Heartbeat {
+        let (outcome, seq) = index.submit_nowait(Op::Heartbeat {
             peer_id: rq.peer_id,
             token_hash,
             added: rq.added,
@@ -488,22 +550,22 @@ fn heartbeat(index: &Index, rq: HeartbeatRequest) -> Result<Reply, ApiError> {
         let Outcome::HeartbeatAccepted { rejected } = outcome else {
             return Err(ApiError::Internal(format!("heartbeat gave {outcome:?}")));
         };
-        rejected
+        (rejected, seq)
     };
     // Reported only once the peer is known to be who it says (the op or touch checked it).
     index.tasks_failed(&peer_id, &failed);
     if wait.is_zero() {
         // A report, not a poll: the tasks go along for information, the poll delivers them.
         let tasks = index.tasks_for(&peer_id);
-        return Ok(Reply::json(200, &HeartbeatResponse { tasks, rejected }));
+        return Ok(Reply::json(200, &HeartbeatResponse { tasks, rejected }).after(seq));
     }
     if index.has_new_tasks(&peer_id) {
         let tasks = index.deliver_tasks(&peer_id);
-        return Ok(Reply::json(200, &HeartbeatResponse { tasks, rejected }));
+        return Ok(Reply::json(200, &HeartbeatResponse { tasks, rejected }).after(seq));
     }
     // Nothing new: hold the poll until there is, or its wait is over (then it carries the
     // tasks already sent again, as a reminder).
-    let mut reply = Reply::json(200, &HeartbeatResponse::default());
+    let mut reply = Reply::json(200, &HeartbeatResponse::default()).after(seq);
     reply.park = Some(Park {
         peer_id,
         wait,
@@ -525,7 +587,7 @@ fn announce(index: &Index, rq: AnnounceRequest) -> Result<Reply, ApiError> {
         validate_lease_id(id)?;
     }
     let (name, version) = (file.name.clone(), file.version);
-    let outcome = index.submit(Op::Announce {
+    let (outcome, seq) = index.submit_nowait(Op::Announce {
         peer_id: rq.peer_id,
         token_hash,
         file,
@@ -534,39 +596,41 @@ fn announce(index: &Index, rq: AnnounceRequest) -> Result<Reply, ApiError> {
     let Outcome::Announced { latest_version } = outcome else {
         return Err(ApiError::Internal(format!("announce gave {outcome:?}")));
     };
-    if version == latest_version {
-        // Holders of an older version now have a refresh task: answer their waiting
-        // heartbeats now rather than at the end of the wait.
-        let stale: Vec<String> = index.read().file(&name).map_or(Vec::new(), |e| {
+    // Holders of an older version now have a refresh task: their waiting heartbeats are
+    // answered with the announce (once it is on disk), not at the end of their wait.
+    let stale: Vec<String> = if version == latest_version {
+        index.read().file(&name).map_or(Vec::new(), |e| {
             e.holders
                 .iter()
                 .filter(|(_, v)| **v < version)
                 .map(|(id, _)| id.clone())
                 .collect()
-        });
-        for peer_id in stale {
-            index.waiters.wake(index, &peer_id);
-        }
-    }
-    Ok(Reply::json(
+        })
+    } else {
+        Vec::new()
+    };
+    let mut reply = Reply::json(
         200,
         &AnnounceResponse {
             file: name,
             version,
             latest_version,
         },
-    ))
+    )
+    .after(seq);
+    reply.wake = stale;
+    Ok(reply)
 }
 
 fn unregister(index: &Index, rq: UnregisterRequest) -> Result<Reply, ApiError> {
     let token_hash = credentials(&rq.peer_id, &rq.token)?;
     let peer_id = rq.peer_id.clone();
-    index.submit(Op::Unregister {
+    let (_, seq) = index.submit_nowait(Op::Unregister {
         peer_id: rq.peer_id,
         token_hash,
     })?;
     log::info!("peer {peer_id} unregistered");
-    Ok(Reply::json(200, &serde_json::json!({ "ok": true })))
+    Ok(Reply::json(200, &serde_json::json!({ "ok": true })).after(seq))
 }
 
 /// The decoded `key=value` pairs of a query string.
@@ -614,7 +678,7 @@ fn lease(index: &Index, rq: LeaseRequest) -> Result<Reply, ApiError> {
         .map_err(|e| ApiError::BadRequest(format!("file {:?}: {e}", rq.file)))?;
     let lease_id = crate::net::random_hex(16)
         .map_err(|e| ApiError::Internal(format!("no randomness for lease ids: {e}")))?;
-    let outcome = index.submit(Op::AcquireLease {
+    let (outcome, seq) = index.submit_nowait(Op::AcquireLease {
         peer_id: rq.peer_id,
         token_hash,
         file: rq.file,
@@ -631,13 +695,13 @@ fn lease(index: &Index, rq: LeaseRequest) -> Result<Reply, ApiError> {
         latest.version,
         index.config().lease_ttl
     );
-    Ok(lease_reply(index, &lease, latest))
+    Ok(lease_reply(index, &lease, latest).after(seq))
 }
 
 fn renew_lease(index: &Index, rq: LeaseIdRequest) -> Result<Reply, ApiError> {
     let token_hash = credentials(&rq.peer_id, &rq.token)?;
     validate_lease_id(&rq.lease_id)?;
-    let outcome = index.submit(Op::RenewLease {
+    let (outcome, seq) = index.submit_nowait(Op::RenewLease {
         peer_id: rq.peer_id,
         token_hash,
         lease_id: rq.lease_id,
@@ -646,14 +710,14 @@ fn renew_lease(index: &Index, rq: LeaseIdRequest) -> Result<Reply, ApiError> {
     let Outcome::Leased { lease, latest } = outcome else {
         return Err(ApiError::Internal(format!("renew gave {outcome:?}")));
     };
-    Ok(lease_reply(index, &lease, latest))
+    Ok(lease_reply(index, &lease, latest).after(seq))
 }
 
 fn release_lease(index: &Index, rq: LeaseIdRequest) -> Result<Reply, ApiError> {
     let token_hash = credentials(&rq.peer_id, &rq.token)?;
     validate_lease_id(&rq.lease_id)?;
     let peer_id = rq.peer_id.clone();
-    let outcome = index.submit(Op::ReleaseLease {
+    let (outcome, seq) = index.submit_nowait(Op::ReleaseLease {
         peer_id: rq.peer_id,
         token_hash,
         lease_id: rq.lease_id,
@@ -668,7 +732,8 @@ fn release_lease(index: &Index, rq: LeaseIdRequest) -> Result<Reply, ApiError> {
             released: true,
             file,
         },
-    ))
+    )
+    .after(seq))
 }
 
 fn file_info(index: &Index, query: &str) -> Result<Reply, ApiError> {

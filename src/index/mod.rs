@@ -331,18 +331,30 @@ impl Index {
     /// Applies one op under the write lock (nothing else is done under it), then, with a data
     /// directory, waits until the op is on disk: an answer means the change survives a crash.
     pub fn submit(&self, op: Op) -> Result<Outcome, SubmitError> {
-        let now = (self.clock)();
-        let (outcome, seq) = {
-            let mut state = self.write();
-            let outcome = self.apply(&mut state, op, now)?;
-            (outcome, state.seq())
-        };
+        let (outcome, seq) = self.submit_nowait(op)?;
         self.durable(seq)?;
         Ok(outcome)
     }
 
+    /// Applies one op and returns its outcome and sequence number without waiting for the
+    /// disk: the caller must not acknowledge it before `durable(seq)` (the HTTP edge hands
+    /// the answer to the committer, so that no worker sits out an fsync).
+    pub fn submit_nowait(&self, op: Op) -> Result<(Outcome, u64), SubmitError> {
+        let now = (self.clock)();
+        let mut state = self.write();
+        let outcome = self.apply(&mut state, op, now)?;
+        Ok((outcome, state.seq()))
+    }
+
+    /// Whether an acknowledgement has to wait for the disk (`--fsync always`).
+    pub fn acks_wait_for_disk(&self) -> bool {
+        self.disk
+            .as_ref()
+            .is_some_and(|d| d.fsync() == self::log::Fsync::Always)
+    }
+
     /// Waits until op `seq` is on disk (as `--fsync` promises).
-    fn durable(&self, seq: u64) -> Result<(), SubmitError> {
+    pub fn durable(&self, seq: u64) -> Result<(), SubmitError> {
         match &self.disk {
             Some(disk) => disk
                 .wait_durable(seq)
@@ -593,10 +605,20 @@ impl IndexServer {
         let index = Arc::new(index);
 
         let mut threads = Vec::new();
+        // Writes are answered by the committer once on disk, so workers never wait for it.
+        let (to_commit, committer) = crossbeam_channel::unbounded();
         for n in 0..workers {
-            let (index, server) = (index.clone(), server.clone());
+            let (index, server, to_commit) = (index.clone(), server.clone(), to_commit.clone());
             threads.push(spawn(format!("http-{n}"), move || {
-                http::serve(&index, &server)
+                http::serve(&index, &server, &to_commit)
+            })?);
+        }
+        // The committer ends once every worker (every sender) is gone.
+        drop(to_commit);
+        if index.acks_wait_for_disk() {
+            let index = index.clone();
+            threads.push(spawn("committer".into(), move || {
+                http::commit(&index, &committer)
             })?);
         }
         if index.disk.is_some() {
