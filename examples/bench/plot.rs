@@ -55,7 +55,13 @@ pub fn draw(path: &Path, steps: &[Step], title: &str) -> Result<(), String> {
             .filter(|(n, _)| x_range(&peers).contains(n))
             .collect(),
     ));
-    log_panel(&panels[0], "Throughput", "ops/s", &peers, &throughput)?;
+    log_panel(
+        &panels[0],
+        ("Throughput", "ops/s"),
+        &peers,
+        &throughput,
+        SeriesLabelPosition::LowerLeft,
+    )?;
 
     let per_op = |pick: fn(&crate::stats::Summary) -> f64| -> Vec<Series> {
         MIX.iter()
@@ -68,17 +74,17 @@ pub fn draw(path: &Path, steps: &[Step], title: &str) -> Result<(), String> {
     };
     log_panel(
         &panels[1],
-        "Average latency per operation (mix)",
-        "ms",
+        ("Average latency per operation (mix)", "ms"),
         &peers,
         &per_op(|s| s.mean),
+        SeriesLabelPosition::UpperLeft,
     )?;
     log_panel(
         &panels[2],
-        "p99 latency per operation (mix)",
-        "ms",
+        ("p99 latency per operation (mix)", "ms"),
         &peers,
         &per_op(|s| s.p99),
+        SeriesLabelPosition::UpperLeft,
     )?;
     let errors = vec![(
         "errors / calls, all phases".to_string(),
@@ -104,12 +110,14 @@ fn x_range(peers: &[f64]) -> std::ops::Range<f64> {
     (min.min(max) / 1.3).max(1.0)..max * 1.3
 }
 
+/// A panel with both axes on a log scale; the y range leaves a decade free on the side of
+/// the legend.
 fn log_panel(
     area: &DrawingArea<SVGBackend, Shift>,
-    title: &str,
-    unit: &str,
+    (title, unit): (&str, &str),
     peers: &[f64],
     series: &[Series],
+    legend: SeriesLabelPosition,
 ) -> Result<(), String> {
     let e = |e: DrawingAreaErrorKind<std::io::Error>| e.to_string();
     let values = series
@@ -156,7 +164,7 @@ fn log_panel(
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerLeft)
+        .position(legend)
         .draw()
         .map_err(e)?;
     Ok(())

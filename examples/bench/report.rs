@@ -30,7 +30,7 @@ pub fn write(
         fs::write(out.join("sweep.csv"), sweep_csv(steps))?;
         fs::write(out.join("sweep_ops.csv"), sweep_ops_csv(steps))?;
         let title = format!(
-            "nap scalability sweep: {} s per step, fresh primary + shadow per step, {}",
+            "nap scalability sweep: {} s per phase, fresh primary + shadow per step, {}",
             settings.seconds.as_secs_f64(),
             machine()
         );
