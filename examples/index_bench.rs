@@ -354,6 +354,18 @@ fn publish(
     announced.map(|_| ())
 }
 
+/// The writers' latencies (sorted), publishes and errors, added up.
+fn totals(samples: &[WriteSample]) -> (Vec<u64>, usize, usize) {
+    let mut latencies: Vec<u64> = samples
+        .iter()
+        .flat_map(|s| s.latencies_us.iter().copied())
+        .collect();
+    latencies.sort_unstable();
+    let publishes = samples.iter().map(|s| s.publishes).sum();
+    let errors = samples.iter().map(|s| s.errors).sum();
+    (latencies, publishes, errors)
+}
+
 /// What one writer thread saw. Latencies are of successful publishes only, from the first
 /// lease attempt to the announce's answer.
 #[derive(Default)]
@@ -466,13 +478,7 @@ fn write_rows(url: &str, args: &Args, writers: &[RegisterResponse]) {
         (true, "lease + announce, one shared file"),
     ] {
         let samples = run_writes(url, shared, writers, for_, backoff);
-        let mut latencies: Vec<u64> = samples
-            .iter()
-            .flat_map(|s| s.latencies_us.iter().copied())
-            .collect();
-        latencies.sort_unstable();
-        let publishes: usize = samples.iter().map(|s| s.publishes).sum();
-        let errors: usize = samples.iter().map(|s| s.errors).sum();
+        let (latencies, publishes, errors) = totals(&samples);
         println!(
             "| {name} | close (nap) | {:.0} | {:.2} | {:.2} | {:.1} | {errors} | {} |",
             publishes as f64 / args.seconds,
@@ -781,13 +787,7 @@ fn durability_write_rows(args: &Args, fsync_ms: f64, counting: bool) {
             let counter = if counting { SyncCounter::start() } else { None };
             let samples = run_writes(&url, false, &identities, for_, backoff);
             let syncs = counter.and_then(SyncCounter::finish);
-            let mut latencies: Vec<u64> = samples
-                .iter()
-                .flat_map(|s| s.latencies_us.iter().copied())
-                .collect();
-            latencies.sort_unstable();
-            let publishes: usize = samples.iter().map(|s| s.publishes).sum();
-            let errors: usize = samples.iter().map(|s| s.errors).sum();
+            let (latencies, publishes, errors) = totals(&samples);
             // Two ops per publish: the lease and the announce.
             let (per_second, per_sync) = match syncs {
                 Some(n) => (

@@ -148,26 +148,15 @@ fn log_panel(
         .y_label_formatter(&|y| short(*y))
         .draw()
         .map_err(e)?;
-    for (name, color, points) in series {
-        let points: Vec<(f64, f64)> = points.iter().copied().filter(|p| p.1 > 0.0).collect();
-        let color = *color;
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-            .map_err(e)?
-            .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
-        chart
-            .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
-            .map_err(e)?;
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(legend)
-        .draw()
-        .map_err(e)?;
-    Ok(())
+    // A log axis has no 0.
+    let positive: Vec<Series> = series
+        .iter()
+        .map(|(name, color, points)| {
+            let points = points.iter().copied().filter(|p| p.1 > 0.0).collect();
+            (name.clone(), *color, points)
+        })
+        .collect();
+    draw_lines(&mut chart, &positive, legend)
 }
 
 fn error_panel(
@@ -195,6 +184,20 @@ fn error_panel(
         .x_label_formatter(&|x| format!("{x:.0}"))
         .draw()
         .map_err(e)?;
+    draw_lines(&mut chart, series, SeriesLabelPosition::UpperRight)
+}
+
+/// Each series as a line with a dot per step, and the legend at `legend`.
+fn draw_lines<'a, X, Y>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+    series: &[Series],
+    legend: SeriesLabelPosition,
+) -> Result<(), String>
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    let e = |e: DrawingAreaErrorKind<std::io::Error>| e.to_string();
     for (name, color, points) in series {
         let color = *color;
         chart
@@ -210,6 +213,7 @@ fn error_panel(
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
+        .position(legend)
         .draw()
         .map_err(e)?;
     Ok(())
