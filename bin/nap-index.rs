@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use argh::FromArgs;
 use nap::index::{IndexConfig, IndexServer, Role};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 /// The nap index server: maps file names to the peers that hold them (JSON over HTTP).
 #[derive(FromArgs)]
@@ -150,10 +152,24 @@ fn main() {
             "--peer-timeout is not longer than --heartbeat-interval: live peers will be pruned"
         );
     }
+    // Registered before the start, so a signal that comes during it is taken afterwards.
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("nap-index: cannot handle signals: {e}");
+            std::process::exit(1);
+        }
+    };
     match IndexServer::start(config) {
         Ok(server) => {
             println!("nap-index listening on {}", server.url());
-            server.wait();
+            // Runs until SIGINT or SIGTERM, then stops cleanly: the workers finish, the log
+            // is written and synced.
+            if let Some(signal) = signals.forever().next() {
+                log::info!("signal {signal}: stopping");
+            }
+            server.stop();
+            log::info!("stopped");
         }
         Err(e) => {
             eprintln!("nap-index: cannot start: {e}");

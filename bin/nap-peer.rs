@@ -7,6 +7,8 @@ use std::time::Duration;
 use argh::FromArgs;
 use nap::peer::client::IndexClient;
 use nap::peer::{shell, PeerConfig, PeerNode};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 /// A nap peer: shares a folder, finds files through the index, downloads them from other peers.
 #[derive(FromArgs)]
@@ -119,6 +121,13 @@ fn run_serve(args: Serve) -> i32 {
         rescan_interval: seconds("rescan-interval", args.rescan_interval),
         upload_slots: args.upload_slots,
     };
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("nap-peer: cannot handle signals: {e}");
+            return 1;
+        }
+    };
     let node = match PeerNode::start(config) {
         Ok(node) => node,
         Err(e) => {
@@ -134,10 +143,24 @@ fn run_serve(args: Serve) -> i32 {
         peer.index.servers().join(", ")
     );
     if args.daemon {
-        loop {
-            std::thread::park();
+        // Serves until SIGINT or SIGTERM, then leaves the index and stops.
+        if let Some(signal) = signals.forever().next() {
+            log::info!("signal {signal}: leaving the index");
         }
+        node.stop();
+        return 0;
     }
+    // The shell reads stdin on this thread; a signal leaves the index from another one.
+    let leaving = node.peer().clone();
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            if let Err(e) = leaving.unregister() {
+                log::warn!("could not unregister: {e}");
+            }
+            println!();
+            std::process::exit(0);
+        }
+    });
     println!("type help for commands");
     let mut out = io::stdout();
     let result = shell::run(peer, io::stdin().lock(), &mut out);

@@ -95,6 +95,27 @@ fn shell_driven_by_a_pipe_runs_to_the_end() {
     assert_eq!(fs::read(b.path().join("notes.md")).unwrap(), b"# notes");
 }
 
+/// SIGTERM to a daemon, SIGINT to a shell: the peer leaves the index at once (long before its
+/// peer timeout) and exits 0.
+#[test]
+fn a_signalled_peer_leaves_the_index() {
+    let index = start_index(&["--peer-timeout", "600"]);
+    for (daemon, signal) in [(true, "TERM"), (false, "INT")] {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("mine.txt"), b"mine").unwrap();
+        let mut peer = start_peer(dir.path(), &index.url, daemon, &[]);
+        poll_until("the peer is listed", || {
+            (holders(&index.url, "mine.txt").len() == 1).then_some(())
+        });
+        peer.proc.signal(signal);
+        let status = peer.proc.wait_exit();
+        assert!(status.success(), "SIG{signal}: {status}");
+        let left = get(&format!("{}/status", index.url)).json();
+        assert_eq!(left["peers"], 0, "SIG{signal}: {left}");
+        assert!(holders(&index.url, "mine.txt").is_empty());
+    }
+}
+
 #[test]
 fn killed_peer_is_pruned_with_its_holdings() {
     let index = start_index(&["--peer-timeout", "1.5"]);

@@ -347,6 +347,23 @@ impl DiskLog {
         self.failure()
     }
 
+    /// Writes what is queued and fsyncs the log whatever `--fsync` says: for a clean stop.
+    pub fn sync_all(&self) -> io::Result<()> {
+        let inner = self.lock();
+        let inner = if inner.writing {
+            self.written
+                .wait_while(inner, |i| i.writing)
+                .unwrap_or_else(|e| e.into_inner())
+        } else {
+            inner
+        };
+        let inner = self.write_queued(inner, true);
+        let synced = inner.segment.sync_data();
+        drop(inner);
+        synced?;
+        self.failure()
+    }
+
     fn failure(&self) -> io::Result<()> {
         match &self.lock().failed {
             Some(why) => Err(io::Error::other(why.clone())),

@@ -538,6 +538,7 @@ pub struct IndexServer {
     server: Arc<tiny_http::Server>,
     stop: Sender<()>,
     threads: Vec<JoinHandle<()>>,
+    index: Arc<Index>,
 }
 
 fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> io::Result<JoinHandle<()>> {
@@ -669,6 +670,7 @@ impl IndexServer {
             server,
             stop,
             threads,
+            index,
         })
     }
 
@@ -681,7 +683,8 @@ impl IndexServer {
         format!("http://{}", self.addr)
     }
 
-    /// Stops the workers and background threads and waits for them.
+    /// Stops the workers and background threads, waits for them, then writes and fsyncs
+    /// whatever the log still holds (with `--fsync batch` or `never`, the last few ms).
     pub fn stop(self) {
         drop(self.stop);
         for _ in 0..self.threads.len() {
@@ -689,6 +692,15 @@ impl IndexServer {
         }
         for t in self.threads {
             let _ = t.join();
+        }
+        if let Some(disk) = self.index.disk() {
+            match disk.sync_all() {
+                Ok(()) => ::log::info!(
+                    "op log written and synced up to seq {}",
+                    self.index.read().seq()
+                ),
+                Err(e) => ::log::error!("could not sync the op log at stop: {e}"),
+            }
         }
     }
 
