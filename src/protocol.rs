@@ -12,6 +12,8 @@ pub const PATH_STATUS: &str = "/status";
 /// Liveness and role only, answered without touching the index state: for health checks,
 /// and as the cheapest request the HTTP stack can serve.
 pub const PATH_HEALTH: &str = "/health";
+/// The index's numbers in Prometheus' text format.
+pub const PATH_METRICS: &str = "/metrics";
 pub const PATH_LEASE: &str = "/lease";
 pub const PATH_LEASE_RENEW: &str = "/lease/renew";
 pub const PATH_LEASE_RELEASE: &str = "/lease/release";

@@ -327,3 +327,101 @@ fn a_peer_whose_identity_is_taken_gets_a_new_one() {
         saved.contains(id).then_some(())
     });
 }
+
+/// `GET /metrics` is valid Prometheus text: every sample line is `name{labels} number`, each
+/// family is announced by HELP and TYPE, histogram buckets are cumulative and end at the
+/// count, and the numbers say what happened.
+#[test]
+fn metrics_are_prometheus_text_and_count_what_happened() {
+    let data = tempfile::tempdir().unwrap();
+    let index = start_index(&["--data-dir", data.path().to_str().unwrap()]);
+    let url = &index.url;
+    let a = identity(
+        url,
+        9401,
+        vec![file_entry("song.mp3", 1, "s"), file_entry("b.txt", 1, "b")],
+    );
+    for _ in 0..3 {
+        assert_eq!(get(&format!("{url}/search?q=song")).status, 200);
+    }
+    assert_eq!(get(&format!("{url}/nowhere/../secret")).status, 404);
+    assert_eq!(lease(url, &a, "b.txt").status, 200);
+
+    let response = agent().get(&format!("{url}/metrics")).call().unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let text = response.into_body().read_to_string().unwrap();
+
+    let mut typed = std::collections::HashSet::new();
+    let mut samples: Vec<(String, String, f64)> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split(' ').next().unwrap();
+            assert!(typed.insert(name.to_string()), "{name} typed twice");
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("not a number: {line:?}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((name, labels)) => (name, labels.strip_suffix('}').expect(line).to_string()),
+            None => (series, String::new()),
+        };
+        assert!(
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{line:?}"
+        );
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix).filter(|f| typed.contains(*f)))
+            .unwrap_or(name);
+        assert!(typed.contains(family), "{name} has no TYPE line before it");
+        samples.push((name.to_string(), labels, value));
+    }
+    let value = |name: &str, labels: &str| {
+        samples
+            .iter()
+            .find(|(n, l, _)| n == name && l == labels)
+            .map(|(_, _, v)| *v)
+            .unwrap_or_else(|| panic!("no {name}{{{labels}}} in\n{text}"))
+    };
+    assert_eq!(value("nap_peers", ""), 1.0);
+    assert_eq!(value("nap_files", ""), 2.0);
+    assert_eq!(value("nap_leases", ""), 1.0);
+    assert_eq!(value("nap_role", "role=\"primary\""), 1.0);
+    let searches = "endpoint=\"/search\",status=\"200\"";
+    assert_eq!(value("nap_request_duration_seconds_count", searches), 3.0);
+    assert_eq!(
+        value(
+            "nap_request_duration_seconds_count",
+            "endpoint=\"other\",status=\"404\""
+        ),
+        1.0
+    );
+    // Buckets never decrease and end at the count.
+    let buckets: Vec<f64> = samples
+        .iter()
+        .filter(|(n, l, _)| n == "nap_request_duration_seconds_bucket" && l.starts_with(searches))
+        .map(|(_, _, v)| *v)
+        .collect();
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+    assert_eq!(buckets.last(), Some(&3.0));
+    // The register, the lease: each written and fsynced before its answer.
+    assert!(
+        value("nap_log_fsync_duration_seconds_count", "") >= 2.0,
+        "{text}"
+    );
+}

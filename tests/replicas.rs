@@ -53,6 +53,17 @@ fn a_new_file_gets_a_verified_second_copy() {
     });
     // R is a target, not a floor to overshoot: the third peer does not get it too.
     assert_eq!(holders(url, "precious.txt").len(), 2);
+    // One copy planned and done, as /metrics counts them.
+    let metrics = get(&format!("{url}/metrics")).body;
+    for line in [
+        "nap_tasks_planned_total 1\n",
+        "nap_tasks_completed_total 1\n",
+        "nap_tasks_failed_total 0\n",
+        "nap_tasks_in_flight 0\n",
+        "nap_under_replicated_files 0\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} not in\n{metrics}");
+    }
 }
 
 #[test]

@@ -91,7 +91,21 @@ fn the_shadow_mirrors_the_primary_and_refuses_writes() {
         let health = get(&format!("{url}/health"));
         assert_eq!(health.status, 200);
         assert_eq!(health.json(), json!({"ok": true, "role": role}));
+        let metrics = get(&format!("{url}/metrics")).body;
+        assert!(
+            metrics.contains(&format!("nap_role{{role=\"{role}\"}} 1\n")),
+            "{metrics}"
+        );
     }
+    // The primary reports its shadow's lag, the shadow when it last heard from the primary.
+    let metrics = get(&format!("{purl}/metrics")).body;
+    assert!(
+        metrics.contains(&format!("nap_shadow_lag_ops{{shadow=\"{surl}\"}} 0\n")),
+        "{metrics}"
+    );
+    assert!(get(&format!("{surl}/metrics"))
+        .body
+        .contains("\nnap_sync_last_seconds "));
     // The primary hears the shadow's acknowledgement with the answer to its push.
     poll_until("the primary sees the shadow's ack", || {
         let shadows = status(&primary.url)["shadows"].clone();

@@ -3,7 +3,7 @@
 //! while reading a body or writing a response.
 
 use std::io::Read;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use serde::de::DeserializeOwned;
@@ -13,7 +13,7 @@ use tiny_http::{Header, Method, Request, Response};
 use super::lease::{Lease, LeaseError};
 use super::state::{hash_token, Op, Outcome, StateError};
 use super::sync::{self, SyncRequest};
-use super::{replicate, Index, Role, SubmitError};
+use super::{metrics, replicate, Index, Role, SubmitError};
 use crate::protocol::{
     self, AnnounceRequest, AnnounceResponse, ErrorBody, FileInfoResponse, FileMeta,
     HeartbeatRequest, HeartbeatResponse, HolderVersion, LeaseIdRequest, LeaseInfo, LeaseRequest,
@@ -127,6 +127,10 @@ impl From<StateError> for ApiError {
     }
 }
 
+const JSON: &str = "application/json";
+/// Prometheus' text exposition format.
+const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 /// A rendered answer: status and JSON body.
 pub struct Reply {
     pub status: u16,
@@ -137,6 +141,10 @@ pub struct Reply {
     after: u64,
     /// Peers whose waiting heartbeats to answer once this answer is sent.
     wake: Vec<String>,
+    content_type: &'static str,
+    /// The endpoint, and when a worker took the request: for `/metrics`.
+    endpoint: &'static str,
+    started: Option<Instant>,
 }
 
 /// A heartbeat to hold until its peer has a task, or the wait is over.
@@ -155,6 +163,9 @@ impl Reply {
                 park: None,
                 after: 0,
                 wake: Vec::new(),
+                content_type: JSON,
+                endpoint: "other",
+                started: None,
             },
             Err(e) => Reply::error(&ApiError::Internal(format!("cannot encode answer: {e}"))),
         }
@@ -169,6 +180,31 @@ impl Reply {
             park: None,
             after: 0,
             wake: Vec::new(),
+            content_type: JSON,
+            endpoint: "other",
+            started: None,
+        }
+    }
+
+    fn text(body: String, content_type: &'static str) -> Reply {
+        Reply {
+            content_type,
+            ..Reply::json(200, &())
+        }
+        .with_body(body)
+    }
+
+    fn with_body(mut self, body: String) -> Reply {
+        self.body = body;
+        self
+    }
+
+    /// The error answer that replaces this one (its op could not be stored).
+    fn failed(self, e: &ApiError) -> Reply {
+        Reply {
+            endpoint: self.endpoint,
+            started: self.started,
+            ..Reply::error(e)
         }
     }
 
@@ -197,7 +233,10 @@ pub fn serve(index: &Index, server: &tiny_http::Server, to_commit: &Sender<Pendi
                 return;
             }
         };
-        let reply = handle(index, &mut request);
+        let started = Instant::now();
+        let mut reply = handle(index, &mut request);
+        reply.endpoint = endpoint(request.url());
+        reply.started = Some(started);
         log::debug!("{} {} -> {}", request.method(), request.url(), reply.status);
         if reply.after == 0 || !waits {
             finish(index, request, reply);
@@ -221,7 +260,7 @@ pub fn commit(index: &Index, pending: &Receiver<Pending>) {
         for Pending { request, reply } in group {
             match &stored {
                 Ok(()) => finish(index, request, reply),
-                Err(e) => respond(request, Reply::error(e)),
+                Err(e) => finish(index, request, reply.failed(e)),
             }
         }
     }
@@ -230,13 +269,21 @@ pub fn commit(index: &Index, pending: &Receiver<Pending>) {
 fn commit_one(index: &Index, request: Request, reply: Reply) {
     match index.durable(reply.after) {
         Ok(()) => finish(index, request, reply),
-        Err(e) => respond(request, Reply::error(&e.into())),
+        Err(e) => {
+            let e = ApiError::from(e);
+            finish(index, request, reply.failed(&e))
+        }
     }
 }
 
 /// Sends the answer, or parks a long poll with the planner's waiters; then wakes the peers
 /// the answer names.
 fn finish(index: &Index, request: Request, mut reply: Reply) {
+    if let Some(started) = reply.started {
+        index
+            .metrics
+            .request(reply.endpoint, reply.status, started.elapsed());
+    }
     let wake = std::mem::take(&mut reply.wake);
     match reply.park.take() {
         Some(park) => index
@@ -250,7 +297,7 @@ fn finish(index: &Index, request: Request, mut reply: Reply) {
 }
 
 pub fn respond(request: Request, reply: Reply) {
-    let content_type = Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
+    let content_type = Header::from_bytes(&b"Content-Type"[..], reply.content_type.as_bytes())
         .expect("static header is valid");
     let response = Response::from_string(reply.body)
         .with_status_code(reply.status)
@@ -258,6 +305,31 @@ pub fn respond(request: Request, reply: Reply) {
     if let Err(e) = request.respond(response) {
         log::debug!("could not send answer: {e}");
     }
+}
+
+/// The endpoint a URL names, as a metrics label: one of the API's paths, or "other" (so
+/// made-up paths cannot grow the metrics).
+fn endpoint(url: &str) -> &'static str {
+    let path = url.split_once('?').map_or(url, |(path, _)| path);
+    [
+        protocol::PATH_REGISTER,
+        protocol::PATH_HEARTBEAT,
+        protocol::PATH_ANNOUNCE,
+        protocol::PATH_UNREGISTER,
+        protocol::PATH_LEASE,
+        protocol::PATH_LEASE_RENEW,
+        protocol::PATH_LEASE_RELEASE,
+        protocol::PATH_SEARCH,
+        protocol::PATH_FILE,
+        protocol::PATH_STATUS,
+        protocol::PATH_HEALTH,
+        protocol::PATH_METRICS,
+        protocol::PATH_SYNC,
+        protocol::PATH_SNAPSHOT,
+    ]
+    .into_iter()
+    .find(|known| *known == path)
+    .unwrap_or("other")
 }
 
 /// Routes one request and turns every failure into its status and `{"error": ...}`.
@@ -303,6 +375,11 @@ fn route(index: &Index, request: &mut Request) -> Result<Reply, ApiError> {
         protocol::PATH_STATUS => {
             expect(Method::Get, "GET")?;
             status(index, query)
+        }
+        protocol::PATH_METRICS => {
+            expect(Method::Get, "GET")?;
+            let body = metrics::render(&index.metrics, &index.metrics_snapshot());
+            Ok(Reply::text(body, PROMETHEUS))
         }
         protocol::PATH_HEALTH => {
             expect(Method::Get, "GET")?;

@@ -73,6 +73,8 @@ pub struct DiskLog {
     fsync: Fsync,
     inner: Mutex<Inner>,
     written: Condvar,
+    /// How long each write + fsync of a batch took, for `/metrics`.
+    fsync_times: Mutex<super::metrics::Histogram>,
 }
 
 struct Inner {
@@ -290,6 +292,7 @@ impl DiskLog {
                 failed: None,
             }),
             written: Condvar::new(),
+            fsync_times: Mutex::default(),
         };
         Ok((
             log,
@@ -347,6 +350,14 @@ impl DiskLog {
         self.failure()
     }
 
+    /// The durations of the log's writes with fsync so far.
+    pub fn fsync_times(&self) -> super::metrics::Histogram {
+        self.fsync_times
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Writes what is queued and fsyncs the log whatever `--fsync` says: for a clean stop.
     pub fn sync_all(&self) -> io::Result<()> {
         let inner = self.lock();
@@ -384,6 +395,7 @@ impl DiskLog {
         inner.writing = true;
         let file = inner.segment.try_clone();
         drop(inner);
+        let started = std::time::Instant::now();
         let written = file.and_then(|mut file| {
             let mut buf = Vec::new();
             for op in &batch {
@@ -398,6 +410,12 @@ impl DiskLog {
             }
             Ok(())
         });
+        if sync && written.is_ok() {
+            self.fsync_times
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .observe(started.elapsed());
+        }
         let mut inner = self.lock();
         inner.writing = false;
         match written {

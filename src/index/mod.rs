@@ -10,6 +10,7 @@
 pub mod http;
 pub mod lease;
 pub mod log;
+pub mod metrics;
 pub mod planner;
 pub mod replicate;
 pub mod state;
@@ -121,6 +122,8 @@ pub struct Index {
     pub waiters: Waiters,
     /// With `--data-dir`: the op log every change is written to before it is acknowledged.
     disk: Option<DiskLog>,
+    /// Request latencies, for `/metrics`.
+    pub metrics: metrics::Metrics,
 }
 
 /// Why a change was not made, or not made durable.
@@ -204,6 +207,7 @@ impl Index {
             under_replicated: Mutex::default(),
             waiters: Waiters::default(),
             disk,
+            metrics: metrics::Metrics::default(),
         })
     }
 
@@ -266,6 +270,41 @@ impl Index {
             let _ = wake.try_send(());
         }
         Ok(outcome)
+    }
+
+    /// What `/metrics` reports besides request latencies.
+    pub fn metrics_snapshot(&self) -> metrics::Snapshot {
+        let (seq, peers, files, leases) = {
+            let state = self.read();
+            (
+                state.seq(),
+                state.peer_count(),
+                state.held_file_count(),
+                state.leases().len(),
+            )
+        };
+        let shadows = self
+            .shadow_states(seq)
+            .into_iter()
+            .map(|s| (s.url, s.lag, s.last_ack_ms_ago.map(|ms| ms as f64 / 1000.0)))
+            .collect();
+        metrics::Snapshot {
+            role: if self.is_shadow() {
+                "shadow"
+            } else {
+                "primary"
+            },
+            uptime: self.uptime(),
+            seq,
+            peers,
+            files,
+            leases,
+            under_replicated: self.under_replicated(0).0,
+            tasks: self.flight().counts(),
+            shadows,
+            since_sync: self.since_last_sync().map(|d| d.as_secs_f64()),
+            fsync: self.disk.as_ref().map(DiskLog::fsync_times),
+        }
     }
 
     /// The copy tasks in flight (the planner's books).

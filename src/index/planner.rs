@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use super::metrics::TaskCounts;
 use super::state::{FileEntry, IndexState, Millis, Touched};
 use crate::protocol::{Task, UnderReplicatedFile};
 
@@ -96,11 +97,21 @@ pub struct InFlight {
     short: BTreeSet<String>,
     /// Whether `short` was ever filled: a new planner starts with a look at every file.
     scanned: bool,
+    /// Tasks assigned, done, reported failed and timed out since start, for `/metrics`.
+    counts: TaskCounts,
 }
 
 impl InFlight {
     pub fn len(&self) -> usize {
         self.by_id.len()
+    }
+
+    /// The tasks in flight now, and those planned, done, failed and timed out since start.
+    pub fn counts(&self) -> TaskCounts {
+        TaskCounts {
+            in_flight: self.by_id.len(),
+            ..self.counts
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -149,8 +160,13 @@ impl InFlight {
     /// `peer_id` announced `file` at `version`: its copy task, if any, is done, and the slot
     /// is free for the next one without waiting for a planning pass.
     pub fn done(&mut self, peer_id: &str, file: &str, version: u64) -> bool {
-        self.remove(&format!("copy:{file}:v{version}:{peer_id}"))
-            .is_some()
+        let done = self
+            .remove(&format!("copy:{file}:v{version}:{peer_id}"))
+            .is_some();
+        if done {
+            self.counts.completed += 1;
+        }
+        done
     }
 
     /// The peer reports that it could not make the copy: it goes to someone else.
@@ -160,11 +176,13 @@ impl InFlight {
         }
         if let Some(a) = self.remove(task_id) {
             self.cool(&a, now + cool_down_ms);
+            self.counts.failed += 1;
         }
         true
     }
 
     fn insert(&mut self, a: Assignment) {
+        self.counts.planned += 1;
         self.by_peer
             .entry(a.peer_id.clone())
             .or_default()
@@ -195,6 +213,14 @@ impl InFlight {
             .get(&(file.to_string(), version, peer_id.to_string()))
             .is_some_and(|until| now < *until)
     }
+}
+
+/// How a task in flight left the books.
+enum Settled {
+    Done,
+    /// Its peer left, or a newer version made it pointless.
+    Moot,
+    Late,
 }
 
 /// What one planning pass did.
@@ -234,17 +260,28 @@ pub fn plan(
         let entry = state.file(&a.task.file);
         let latest = entry.map_or(0, |e| e.latest_version());
         let held = entry.and_then(|e| e.holders.get(&a.peer_id)).copied();
-        if state.peer(&a.peer_id).is_none() || latest != a.task.version || held == Some(latest) {
-            settled.push((id.clone(), false));
+        if held == Some(latest) && latest == a.task.version {
+            // Made (and announced, or reported in a heartbeat or a register).
+            settled.push((id.clone(), Settled::Done));
+        } else if state.peer(&a.peer_id).is_none()
+            || latest != a.task.version
+            || held == Some(latest)
+        {
+            settled.push((id.clone(), Settled::Moot));
         } else if now >= a.deadline_ms {
-            settled.push((id.clone(), true));
+            settled.push((id.clone(), Settled::Late));
         }
     }
-    for (id, late) in settled {
+    for (id, how) in settled {
         if let Some(a) = flight.remove(&id) {
-            if late {
-                flight.cool(&a, now + cfg.task_timeout_ms);
-                out.timed_out.push(a);
+            match how {
+                Settled::Done => flight.counts.completed += 1,
+                Settled::Moot => {}
+                Settled::Late => {
+                    flight.counts.timed_out += 1;
+                    flight.cool(&a, now + cfg.task_timeout_ms);
+                    out.timed_out.push(a);
+                }
             }
         }
     }
