@@ -247,6 +247,28 @@ pub struct SearchResponse {
     pub results: Vec<SearchResult>,
 }
 
+/// Answer of a peer's `GET /status` (on its file server): who it is, which index it uses,
+/// and what it is moving.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerStatusResponse {
+    /// `None` until the peer has registered.
+    pub peer_id: Option<String>,
+    pub addr: String,
+    pub dir: String,
+    /// Files in the shared folder's catalog.
+    pub files: usize,
+    pub index_servers: Vec<String>,
+    /// The index server calls go to first: the one that last answered.
+    pub index_in_use: String,
+    pub uploads_active: u64,
+    /// Uploads answered in full since start, and their bytes.
+    pub uploads_total: u64,
+    pub bytes_served: u64,
+    pub downloads_active: u64,
+    /// Verified downloads put in place since start.
+    pub downloads_total: u64,
+}
+
 /// The answer of `GET /health`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HealthResponse {

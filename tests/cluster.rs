@@ -57,6 +57,30 @@ fn three_peers_search_and_get_through_the_shell() {
     assert!(line.contains("not on the index"), "{line}");
     let line = pc.proc.command("status", "index:");
     assert!(line.contains("3 peer(s)"), "{line}");
+    let transcript = pc.proc.transcript();
+    assert!(
+        transcript
+            .contains("uploads: 0 in progress, 0 served (0 B); downloads: 0 in progress, 1 done"),
+        "{transcript}"
+    );
+    assert!(
+        transcript.contains(&format!("{} (in use)", index.url)),
+        "{transcript}"
+    );
+    // Each peer's GET /status says what it moved: a served the file once, in full.
+    let a_status = get(&format!("http://{}/status", pa.addr)).json();
+    assert_eq!(a_status["uploads_total"], 1, "{a_status}");
+    assert_eq!(a_status["bytes_served"], doc.len() as u64, "{a_status}");
+    assert_eq!(a_status["uploads_active"], 0, "{a_status}");
+    assert_eq!(a_status["files"], 1, "{a_status}");
+    assert_eq!(a_status["index_in_use"], index.url.as_str(), "{a_status}");
+    let c_status = get(&format!("http://{}/status", pc.addr)).json();
+    assert_eq!(c_status["downloads_total"], 1, "{c_status}");
+    assert_eq!(
+        c_status["peer_id"].as_str().map(str::len),
+        Some(16),
+        "{c_status}"
+    );
 
     // The one-shot search sees the same.
     let out = std::process::Command::new(peer_bin())

@@ -116,6 +116,48 @@ pub struct Peer {
     in_doubt: Mutex<Vec<edit::InDoubt>>,
     /// Tasks given up on since the last heartbeat.
     failed_tasks: Mutex<Vec<TaskFailure>>,
+    /// Uploads and downloads, running and done, for `status`.
+    pub transfers: Transfers,
+}
+
+/// Counts of the peer's transfers (only counters: no lock on the data path).
+#[derive(Default)]
+pub struct Transfers {
+    uploads_active: AtomicU64,
+    uploads_total: AtomicU64,
+    bytes_served: AtomicU64,
+    downloads_active: AtomicU64,
+    downloads_total: AtomicU64,
+}
+
+/// Counts one transfer as running until dropped.
+pub struct Running<'a>(&'a AtomicU64);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Transfers {
+    pub fn upload(&self) -> Running<'_> {
+        self.uploads_active.fetch_add(1, Ordering::Relaxed);
+        Running(&self.uploads_active)
+    }
+
+    pub fn uploaded(&self, bytes: u64) {
+        self.uploads_total.fetch_add(1, Ordering::Relaxed);
+        self.bytes_served.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn download(&self) -> Running<'_> {
+        self.downloads_active.fetch_add(1, Ordering::Relaxed);
+        Running(&self.downloads_active)
+    }
+
+    fn downloaded(&self) {
+        self.downloads_total.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -138,8 +180,28 @@ impl Peer {
             pending: Mutex::new(BTreeMap::new()),
             in_doubt: Mutex::new(Vec::new()),
             failed_tasks: Mutex::new(Vec::new()),
+            transfers: Transfers::default(),
             config,
         })
+    }
+
+    /// What the peer's `GET /status` and the shell's `status` say.
+    pub fn status_report(&self) -> crate::protocol::PeerStatusResponse {
+        let t = &self.transfers;
+        let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        crate::protocol::PeerStatusResponse {
+            peer_id: self.identity().map(|i| i.peer_id),
+            addr: self.addr.clone(),
+            dir: self.store.dir().display().to_string(),
+            files: self.store.list().len(),
+            index_servers: self.index.servers().to_vec(),
+            index_in_use: self.index.current().to_string(),
+            uploads_active: count(&t.uploads_active),
+            uploads_total: count(&t.uploads_total),
+            bytes_served: count(&t.bytes_served),
+            downloads_active: count(&t.downloads_active),
+            downloads_total: count(&t.downloads_total),
+        }
     }
 
     pub fn addr(&self) -> &str {
@@ -383,9 +445,12 @@ impl Peer {
         sources: &[String],
         progress: Progress<'_>,
     ) -> Result<Fetched, DownloadError> {
+        let running = self.transfers.download();
         let source = self
             .downloader
             .fetch(&self.store, want, sources, progress)?;
+        drop(running);
+        self.transfers.downloaded();
         self.installed(&want.name);
         let announce_error = self.announce(want, None).err().map(|e| e.to_string());
         Ok(Fetched {
@@ -444,7 +509,7 @@ impl PeerNode {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("upload-{n}"))
-                    .spawn(move || server::serve(&peer.store, &server))?,
+                    .spawn(move || server::serve(&peer, &server))?,
             );
         }
         let (tasks, inbox) = agent::TaskQueue::new();

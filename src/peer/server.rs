@@ -1,19 +1,20 @@
 //! The peer's file server: `GET` and `HEAD /files/NAME`, streamed from disk, with single-range
-//! `Range` requests so interrupted downloads resume. It serves only catalogued regular files
-//! directly in the shared folder; it must never read outside it, whatever the name.
+//! `Range` requests so interrupted downloads resume, and `GET /status`. It serves only
+//! catalogued regular files directly in the shared folder; it must never read outside it,
+//! whatever the name.
 
 use std::io::{Read, Seek, SeekFrom};
 
 use tiny_http::{Header, Method, Request, Response, StatusCode};
 
-use super::files::LocalStore;
+use super::Peer;
 use crate::protocol::{self, ErrorBody};
 
 /// A worker: answers requests until the server is unblocked. Each worker streams one file at
 /// a time, so the number of workers is the number of upload slots.
-pub fn serve(store: &LocalStore, server: &tiny_http::Server) {
+pub fn serve(peer: &Peer, server: &tiny_http::Server) {
     while let Ok(request) = server.recv() {
-        answer(store, request);
+        answer(peer, request);
     }
 }
 
@@ -73,7 +74,8 @@ pub fn parse_range(value: Option<&str>, len: u64) -> ByteRange {
     }
 }
 
-fn answer(store: &LocalStore, request: Request) {
+fn answer(peer: &Peer, request: Request) {
+    let store = &peer.store;
     let head = match request.method() {
         Method::Get => false,
         Method::Head => true,
@@ -81,6 +83,15 @@ fn answer(store: &LocalStore, request: Request) {
     };
     let url = request.url().to_string();
     let path = url.split('?').next().unwrap_or("");
+    if path == protocol::PATH_STATUS {
+        let body = serde_json::to_string(&peer.status_report()).unwrap_or_default();
+        let mut response = Response::from_string(body);
+        if let Some(h) = header("Content-Type", "application/json") {
+            response.add_header(h);
+        }
+        let _ = request.respond(response);
+        return;
+    }
     let Some(raw) = path.strip_prefix(protocol::PATH_FILES) else {
         return error(
             request,
@@ -152,9 +163,13 @@ fn answer(store: &LocalStore, request: Request) {
         None,
     );
     log::debug!("serving {name} bytes {first}+{count}");
-    if let Err(e) = request.respond(response) {
-        log::debug!("upload of {name} ended early: {e}");
+    let running = peer.transfers.upload();
+    match request.respond(response) {
+        Ok(()) if !head => peer.transfers.uploaded(count),
+        Ok(()) => {}
+        Err(e) => log::debug!("upload of {name} ended early: {e}"),
     }
+    drop(running);
 }
 
 #[cfg(test)]

@@ -302,7 +302,17 @@ fn status(peer: &Peer, out: &mut impl Write) -> io::Result<()> {
         peer.store.dir().display(),
         peer.addr()
     )?;
-    writeln!(out, "files shared: {}", peer.store.list().len())?;
+    let report = peer.status_report();
+    writeln!(out, "files shared: {}", report.files)?;
+    writeln!(
+        out,
+        "uploads: {} in progress, {} served ({}); downloads: {} in progress, {} done",
+        report.uploads_active,
+        report.uploads_total,
+        human(report.bytes_served),
+        report.downloads_active,
+        report.downloads_total
+    )?;
     let current = peer.index.current();
     let servers: Vec<String> = peer
         .index
