@@ -14,6 +14,25 @@ pub const PATH_STATUS: &str = "/status";
 pub const PATH_HEALTH: &str = "/health";
 /// The index's numbers in Prometheus' text format.
 pub const PATH_METRICS: &str = "/metrics";
+
+/// Every path the index answers: the routes of `index::http`, the endpoint labels of
+/// `/metrics`, and what docs/openapi.yaml must list (tests/openapi.rs checks both ways).
+pub const INDEX_PATHS: [&str; 14] = [
+    PATH_REGISTER,
+    PATH_HEARTBEAT,
+    PATH_ANNOUNCE,
+    PATH_UNREGISTER,
+    PATH_LEASE,
+    PATH_LEASE_RENEW,
+    PATH_LEASE_RELEASE,
+    PATH_SEARCH,
+    PATH_FILE,
+    PATH_STATUS,
+    PATH_HEALTH,
+    PATH_METRICS,
+    PATH_SYNC,
+    PATH_SNAPSHOT,
+];
 pub const PATH_LEASE: &str = "/lease";
 pub const PATH_LEASE_RENEW: &str = "/lease/renew";
 pub const PATH_LEASE_RELEASE: &str = "/lease/release";

@@ -311,25 +311,10 @@ pub fn respond(request: Request, reply: Reply) {
 /// made-up paths cannot grow the metrics).
 fn endpoint(url: &str) -> &'static str {
     let path = url.split_once('?').map_or(url, |(path, _)| path);
-    [
-        protocol::PATH_REGISTER,
-        protocol::PATH_HEARTBEAT,
-        protocol::PATH_ANNOUNCE,
-        protocol::PATH_UNREGISTER,
-        protocol::PATH_LEASE,
-        protocol::PATH_LEASE_RENEW,
-        protocol::PATH_LEASE_RELEASE,
-        protocol::PATH_SEARCH,
-        protocol::PATH_FILE,
-        protocol::PATH_STATUS,
-        protocol::PATH_HEALTH,
-        protocol::PATH_METRICS,
-        protocol::PATH_SYNC,
-        protocol::PATH_SNAPSHOT,
-    ]
-    .into_iter()
-    .find(|known| *known == path)
-    .unwrap_or("other")
+    protocol::INDEX_PATHS
+        .into_iter()
+        .find(|known| *known == path)
+        .unwrap_or("other")
 }
 
 /// Routes one request and turns every failure into its status and `{"error": ...}`.
