@@ -42,7 +42,7 @@ fn spec_routes() -> BTreeMap<String, BTreeSet<String>> {
     routes
 }
 
-fn request(method: &str, url: &str) -> Answer {
+fn request(method: &str, url: &str) -> (Answer, Option<String>) {
     let agent = agent();
     let sent = match method {
         "GET" => agent.get(url).call(),
@@ -53,8 +53,13 @@ fn request(method: &str, url: &str) -> Answer {
     };
     let response = sent.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
     let status = response.status().as_u16();
+    let allow = response
+        .headers()
+        .get("allow")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
     let body = response.into_body().read_to_string().unwrap_or_default();
-    Answer { status, body }
+    (Answer { status, body }, allow)
 }
 
 #[test]
@@ -71,7 +76,7 @@ fn the_spec_lists_exactly_the_routes_the_index_answers() {
     for (path, methods) in &routes {
         assert!(!methods.is_empty(), "{path} lists no method");
         for method in ["GET", "POST"] {
-            let answer = request(method, &format!("{}{path}", index.url));
+            let (answer, allow) = request(method, &format!("{}{path}", index.url));
             if methods.contains(method) {
                 assert_ne!(answer.status, 405, "{method} {path}: {}", answer.body);
                 assert!(
@@ -85,6 +90,9 @@ fn the_spec_lists_exactly_the_routes_the_index_answers() {
                     "{method} {path} is not in the spec: {}",
                     answer.body
                 );
+                // RFC 9110: a 405 names the methods that would do.
+                let listed: Vec<String> = methods.iter().cloned().collect();
+                assert_eq!(allow, Some(listed.join(", ")), "{method} {path}");
             }
         }
     }
@@ -96,7 +104,7 @@ fn the_spec_lists_exactly_the_routes_the_index_answers() {
         "/lease/other",
         "/%2e%2e/status",
     ] {
-        let answer = request("GET", &format!("{}{unlisted}", index.url));
+        let (answer, _) = request("GET", &format!("{}{unlisted}", index.url));
         assert_eq!(answer.status, 404, "{unlisted}: {}", answer.body);
         assert!(
             answer.body.contains("no such endpoint"),

@@ -142,6 +142,8 @@ pub struct Reply {
     /// Peers whose waiting heartbeats to answer once this answer is sent.
     wake: Vec<String>,
     content_type: &'static str,
+    /// With a 405: the methods the endpoint takes (RFC 9110 asks for an `Allow` header).
+    allow: Option<&'static str>,
     /// The endpoint, and when a worker took the request: for `/metrics`.
     endpoint: &'static str,
     started: Option<Instant>,
@@ -164,6 +166,7 @@ impl Reply {
                 after: 0,
                 wake: Vec::new(),
                 content_type: JSON,
+                allow: None,
                 endpoint: "other",
                 started: None,
             },
@@ -181,6 +184,10 @@ impl Reply {
             after: 0,
             wake: Vec::new(),
             content_type: JSON,
+            allow: match e {
+                ApiError::MethodNotAllowed(allowed) => Some(*allowed),
+                _ => None,
+            },
             endpoint: "other",
             started: None,
         }
@@ -299,9 +306,15 @@ fn finish(index: &Index, request: Request, mut reply: Reply) {
 pub fn respond(request: Request, reply: Reply) {
     let content_type = Header::from_bytes(&b"Content-Type"[..], reply.content_type.as_bytes())
         .expect("static header is valid");
-    let response = Response::from_string(reply.body)
+    let mut response = Response::from_string(reply.body)
         .with_status_code(reply.status)
         .with_header(content_type);
+    if let Some(allow) = reply
+        .allow
+        .and_then(|a| Header::from_bytes(&b"Allow"[..], a.as_bytes()).ok())
+    {
+        response.add_header(allow);
+    }
     if let Err(e) = request.respond(response) {
         log::debug!("could not send answer: {e}");
     }
