@@ -25,6 +25,18 @@ struct Args {
     /// largest request body accepted, in bytes
     #[argh(option, default = "4 * 1024 * 1024")]
     max_body: usize,
+    /// longest file name taken, in bytes (1-255)
+    #[argh(option, default = "255")]
+    max_name_bytes: usize,
+    /// most files one register or heartbeat may list
+    #[argh(option, default = "100_000")]
+    max_files_per_request: usize,
+    /// most results one search may ask for
+    #[argh(option, default = "1000")]
+    max_search_results: usize,
+    /// most tasks one answer to a peer carries (the rest follow in later answers)
+    #[argh(option, default = "64")]
+    max_tasks_per_answer: usize,
     /// seconds a write lease lasts unless its holder renews it
     #[argh(option, default = "60.0")]
     lease_ttl: f64,
@@ -122,6 +134,10 @@ fn main() {
         heartbeat_interval: seconds("heartbeat-interval", args.heartbeat_interval),
         peer_timeout: seconds("peer-timeout", args.peer_timeout),
         max_body: args.max_body,
+        max_name_bytes: args.max_name_bytes,
+        max_files_per_request: args.max_files_per_request,
+        max_search_results: args.max_search_results,
+        max_tasks_per_answer: args.max_tasks_per_answer,
         lease_ttl: seconds("lease-ttl", args.lease_ttl),
         role: role(&args),
         cluster_secret: args
@@ -143,6 +159,15 @@ fn main() {
     }
     if config.plan_interval.is_zero() || config.task_timeout.is_zero() {
         usage("--plan-interval and --task-timeout must be more than 0");
+    }
+    if !(1..=nap::protocol::MAX_NAME_LEN).contains(&config.max_name_bytes) {
+        usage("--max-name-bytes must be 1-255");
+    }
+    if config.max_files_per_request == 0
+        || config.max_search_results == 0
+        || config.max_tasks_per_answer == 0
+    {
+        usage("--max-files-per-request, --max-search-results and --max-tasks-per-answer must be at least 1");
     }
     if config.lease_ttl.is_zero() {
         usage("--lease-ttl must be more than 0");

@@ -425,3 +425,56 @@ fn metrics_are_prometheus_text_and_count_what_happened() {
         "{text}"
     );
 }
+
+/// Every limit is a flag, and going over it gets a clear error naming the flag.
+#[test]
+fn limits_are_flags_with_clear_errors() {
+    let index = start_index(&[
+        "--max-name-bytes",
+        "10",
+        "--max-files-per-request",
+        "2",
+        "--max-search-results",
+        "5",
+    ]);
+    let url = &index.url;
+    let a = identity(url, 9601, vec![file_entry("short.txt", 1, "s")]);
+
+    let long = lease(url, &a, "eleven.char");
+    assert_eq!(long.status, 400);
+    assert!(long.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("--max-name-bytes"));
+    assert_eq!(lease(url, &a, "short.txt").status, 200);
+
+    let three = json!({"addr": "127.0.0.1:9", "files": [
+        file_entry("a", 1, "a"), file_entry("b", 1, "b"), file_entry("c", 1, "c")]});
+    let refused = post(&format!("{url}/register"), &three.to_string());
+    assert_eq!(refused.status, 413);
+    assert!(refused.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("--max-files-per-request"));
+    let heartbeat = json!({"peer_id": a.peer_id, "token": a.token,
+                           "added": [file_entry("a", 1, "a"), file_entry("b", 1, "b")],
+                           "removed": ["short.txt"]});
+    assert_eq!(
+        post(&format!("{url}/heartbeat"), &heartbeat.to_string()).status,
+        413
+    );
+
+    let search = get(&format!("{url}/search?q=short&limit=6"));
+    assert_eq!(search.status, 400);
+    assert!(search.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("--max-search-results"));
+    assert_eq!(get(&format!("{url}/search?q=short&limit=5")).status, 200);
+    // Nothing refused changed anything.
+    let status = get(&format!("{url}/status")).json();
+    assert_eq!(
+        (status["peers"].as_u64(), status["files"].as_u64()),
+        (Some(1), Some(1))
+    );
+}

@@ -42,6 +42,8 @@ pub enum ApiError {
         remaining_ms: u64,
     },
     TooLarge(usize),
+    /// A list longer than this index takes in one request.
+    TooMany(String),
     /// The index cannot do this now (its log cannot be written).
     Unavailable(String),
     Internal(String),
@@ -56,7 +58,7 @@ impl ApiError {
             ApiError::UnknownPeer(_) | ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed(_) => 405,
             ApiError::Conflict(_) | ApiError::LeaseHeld { .. } => 409,
-            ApiError::TooLarge(_) => 413,
+            ApiError::TooLarge(_) | ApiError::TooMany(_) => 413,
             ApiError::Unavailable(_) => 503,
             ApiError::Internal(_) => 500,
         }
@@ -72,6 +74,7 @@ impl ApiError {
             | ApiError::Conflict(m)
             | ApiError::LeaseHeld { message: m, .. }
             | ApiError::Unavailable(m)
+            | ApiError::TooMany(m)
             | ApiError::Internal(m) => m.clone(),
             ApiError::MethodNotAllowed(allowed) => format!("method not allowed; use {allowed}"),
             ApiError::TooLarge(max) => format!("request body is larger than {max} bytes"),
@@ -511,9 +514,37 @@ fn validate_addr(addr: &str) -> Result<(), ApiError> {
     }
 }
 
-fn validate_files(files: &[FileMeta]) -> Result<(), ApiError> {
+/// The file-name rule, and this index's `--max-name-bytes`.
+fn validate_name(index: &Index, name: &str) -> Result<(), ApiError> {
+    protocol::validate_file_name(name)
+        .map_err(|e| ApiError::BadRequest(format!("file {name:?}: {e}")))?;
+    let max = index.config().max_name_bytes;
+    if name.len() > max {
+        return Err(ApiError::BadRequest(format!(
+            "file name is {} bytes long; this index takes at most {max} (--max-name-bytes)",
+            name.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A file list of a register or heartbeat: at most `--max-files-per-request` entries.
+fn validate_count(index: &Index, count: usize) -> Result<(), ApiError> {
+    let max = index.config().max_files_per_request;
+    if count > max {
+        return Err(ApiError::TooMany(format!(
+            "{count} files listed; this index takes at most {max} per request \
+             (--max-files-per-request): send the rest in heartbeats"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_files(index: &Index, files: &[FileMeta]) -> Result<(), ApiError> {
+    validate_count(index, files.len())?;
     let mut seen = std::collections::HashSet::with_capacity(files.len());
     for f in files {
+        validate_name(index, &f.name)?;
         protocol::validate_file_meta(f).map_err(ApiError::BadRequest)?;
         if !seen.insert(f.name.as_str()) {
             return Err(ApiError::BadRequest(format!("{} is listed twice", f.name)));
@@ -522,10 +553,10 @@ fn validate_files(files: &[FileMeta]) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn validate_names(names: &[String]) -> Result<(), ApiError> {
+fn validate_names(index: &Index, names: &[String]) -> Result<(), ApiError> {
+    validate_count(index, names.len())?;
     for name in names {
-        protocol::validate_file_name(name)
-            .map_err(|e| ApiError::BadRequest(format!("{name:?}: {e}")))?;
+        validate_name(index, name)?;
     }
     Ok(())
 }
@@ -540,7 +571,7 @@ fn credentials(peer_id: &str, token: &str) -> Result<String, ApiError> {
 
 fn register(index: &Index, rq: RegisterRequest) -> Result<Reply, ApiError> {
     validate_addr(&rq.addr)?;
-    validate_files(&rq.files)?;
+    validate_files(index, &rq.files)?;
     let (peer_id, token) = match (rq.peer_id, rq.token) {
         (Some(id), Some(token)) => (id, token),
         (None, None) => {
@@ -601,8 +632,9 @@ fn register(index: &Index, rq: RegisterRequest) -> Result<Reply, ApiError> {
 
 fn heartbeat(index: &Index, rq: HeartbeatRequest) -> Result<Reply, ApiError> {
     let token_hash = credentials(&rq.peer_id, &rq.token)?;
-    validate_files(&rq.added)?;
-    validate_names(&rq.removed)?;
+    validate_count(index, rq.added.len() + rq.removed.len())?;
+    validate_files(index, &rq.added)?;
+    validate_names(index, &rq.removed)?;
     if rq.failed.len() > 1024 {
         return Err(ApiError::BadRequest(
             "more than 1024 failed tasks reported".into(),
@@ -657,6 +689,7 @@ fn announce(index: &Index, rq: AnnounceRequest) -> Result<Reply, ApiError> {
         size: rq.size,
         sha256: rq.sha256,
     };
+    validate_name(index, &file.name)?;
     protocol::validate_file_meta(&file).map_err(ApiError::BadRequest)?;
     if let Some(id) = &rq.lease_id {
         validate_lease_id(id)?;
@@ -749,8 +782,7 @@ fn lease_reply(index: &Index, lease: &Lease, latest: FileMeta) -> Reply {
 
 fn lease(index: &Index, rq: LeaseRequest) -> Result<Reply, ApiError> {
     let token_hash = credentials(&rq.peer_id, &rq.token)?;
-    protocol::validate_file_name(&rq.file)
-        .map_err(|e| ApiError::BadRequest(format!("file {:?}: {e}", rq.file)))?;
+    validate_name(index, &rq.file)?;
     let lease_id = crate::net::random_hex(16)
         .map_err(|e| ApiError::Internal(format!("no randomness for lease ids: {e}")))?;
     let (outcome, seq) = index.submit_nowait(Op::AcquireLease {
@@ -817,8 +849,7 @@ fn file_info(index: &Index, query: &str) -> Result<Reply, ApiError> {
         .find(|(key, _)| *key == "name")
         .map(|(_, value)| value)
         .ok_or_else(|| ApiError::BadRequest("missing query parameter name".into()))?;
-    protocol::validate_file_name(&name)
-        .map_err(|e| ApiError::BadRequest(format!("name {name:?}: {e}")))?;
+    validate_name(index, &name)?;
     let now = index.now();
     let state = index.read();
     let entry = state
@@ -858,15 +889,21 @@ fn file_info(index: &Index, query: &str) -> Result<Reply, ApiError> {
 
 fn search(index: &Index, query: &str) -> Result<Reply, ApiError> {
     let mut text = None;
-    let mut limit = protocol::DEFAULT_SEARCH_LIMIT;
+    let max = index.config().max_search_results;
+    let mut limit = protocol::DEFAULT_SEARCH_LIMIT.min(max);
     for (key, value) in query_params(query)? {
         match key {
             "q" => text = Some(value),
             "limit" => {
                 limit = value
                     .parse::<usize>()
-                    .map_err(|_| ApiError::BadRequest("limit must be a whole number".into()))?
-                    .min(protocol::MAX_SEARCH_LIMIT);
+                    .map_err(|_| ApiError::BadRequest("limit must be a whole number".into()))?;
+                if limit > max {
+                    return Err(ApiError::BadRequest(format!(
+                        "limit {limit} is more than this index answers: at most {max} \
+                         (--max-search-results)"
+                    )));
+                }
             }
             _ => {}
         }

@@ -52,6 +52,14 @@ pub struct IndexConfig {
     pub peer_timeout: Duration,
     /// Largest request body accepted, in bytes.
     pub max_body: usize,
+    /// Longest file name taken, in bytes (at most the protocol's 255).
+    pub max_name_bytes: usize,
+    /// Most files one register or heartbeat may list.
+    pub max_files_per_request: usize,
+    /// Most results one search may ask for.
+    pub max_search_results: usize,
+    /// Most tasks one answer carries (the rest follow in later ones).
+    pub max_tasks_per_answer: usize,
     /// How long a write lease lasts unless renewed.
     pub lease_ttl: Duration,
     pub role: Role,
@@ -82,6 +90,10 @@ impl Default for IndexConfig {
             heartbeat_interval: Duration::from_secs(5),
             peer_timeout: Duration::from_secs(15),
             max_body: 4 << 20,
+            max_name_bytes: crate::protocol::MAX_NAME_LEN,
+            max_files_per_request: 100_000,
+            max_search_results: crate::protocol::MAX_SEARCH_LIMIT,
+            max_tasks_per_answer: 64,
             lease_ttl: Duration::from_secs(60),
             role: Role::Primary {
                 shadows: Vec::new(),
@@ -312,18 +324,34 @@ impl Index {
         self.flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Everything `peer_id` should be doing: refresh its stale files, and its copies.
+    /// Everything `peer_id` should be doing: refresh its stale files, and its copies; at most
+    /// `--max-tasks-per-answer` (the copies, at most `--max-tasks-per-peer`, always go).
     pub fn tasks_for(&self, peer_id: &str) -> Vec<crate::protocol::Task> {
-        let mut tasks = planner::refresh_tasks(&self.read(), peer_id);
-        tasks.extend(self.flight().tasks_for(peer_id));
-        tasks
+        let copies = self.flight().tasks_for(peer_id);
+        self.with_refreshes(peer_id, copies)
     }
 
     /// `tasks_for`, with the copies marked as sent: for the answers a peer acts on (its long
     /// poll, its register).
     pub fn deliver_tasks(&self, peer_id: &str) -> Vec<crate::protocol::Task> {
+        let copies = self.flight().deliver(peer_id);
+        self.with_refreshes(peer_id, copies)
+    }
+
+    /// The refresh tasks of `peer_id` that fit beside `copies`, then the copies. A peer with
+    /// more stale files than fit gets the rest once it has fetched these.
+    fn with_refreshes(
+        &self,
+        peer_id: &str,
+        copies: Vec<crate::protocol::Task>,
+    ) -> Vec<crate::protocol::Task> {
         let mut tasks = planner::refresh_tasks(&self.read(), peer_id);
-        tasks.extend(self.flight().deliver(peer_id));
+        tasks.truncate(
+            self.config
+                .max_tasks_per_answer
+                .saturating_sub(copies.len()),
+        );
+        tasks.extend(copies);
         tasks
     }
 
@@ -922,5 +950,49 @@ mod tests {
         let again = Index::new(config, clock).unwrap();
         assert_eq!(again.read().digest(), digest);
         assert_eq!(again.read().file("doc").unwrap().latest_version(), 2);
+    }
+
+    #[test]
+    fn an_answer_carries_at_most_max_tasks_per_answer() {
+        let config = IndexConfig {
+            replication_factor: 1,
+            max_tasks_per_answer: 2,
+            ..IndexConfig::default()
+        };
+        let index = Index::new(config, clock).unwrap();
+        let files = |v: u64| -> Vec<_> {
+            (0..5)
+                .map(|n| meta(&format!("f{n}"), v, &format!("{n} v{v}")))
+                .collect()
+        };
+        index.submit(register("old", files(1))).unwrap();
+        index.submit(register("new", files(1))).unwrap();
+        // "new" publishes version 2 of all five (a lease, then the announce, each).
+        for n in 0..5 {
+            let file = format!("f{n}");
+            let lease_id = format!("{n:032x}");
+            index
+                .submit(Op::AcquireLease {
+                    peer_id: "new".into(),
+                    token_hash: hash_token("new"),
+                    file: file.clone(),
+                    lease_id: lease_id.clone(),
+                    ttl_ms: 60_000,
+                })
+                .unwrap();
+            index
+                .submit(Op::Announce {
+                    peer_id: "new".into(),
+                    token_hash: hash_token("new"),
+                    file: meta(&file, 2, &format!("{n} v2")),
+                    lease_id: Some(lease_id),
+                })
+                .unwrap();
+        }
+        // Five stale files: two refresh tasks now, the rest once those are fetched.
+        let tasks = index.tasks_for("old");
+        assert_eq!(tasks.len(), 2, "{tasks:?}");
+        assert!(tasks.iter().all(|t| t.version == 2));
+        assert_eq!(index.deliver_tasks("old").len(), 2);
     }
 }
