@@ -12,12 +12,15 @@ pub const PATH_STATUS: &str = "/status";
 /// Liveness and role only, answered without touching the index state: for health checks,
 /// and as the cheapest request the HTTP stack can serve.
 pub const PATH_HEALTH: &str = "/health";
+/// The index's status page, for people (HTML).
+pub const PATH_DASHBOARD: &str = "/";
 /// The index's numbers in Prometheus' text format.
 pub const PATH_METRICS: &str = "/metrics";
 
 /// Every path the index answers: the routes of `index::http`, the endpoint labels of
 /// `/metrics`, and what docs/openapi.yaml must list (tests/openapi.rs checks both ways).
-pub const INDEX_PATHS: [&str; 14] = [
+pub const INDEX_PATHS: [&str; 15] = [
+    PATH_DASHBOARD,
     PATH_REGISTER,
     PATH_HEARTBEAT,
     PATH_ANNOUNCE,

@@ -97,7 +97,7 @@ fn the_spec_lists_exactly_the_routes_the_index_answers() {
         }
     }
     for unlisted in [
-        "/",
+        "/index.html",
         "/files/x",
         "/Register",
         "/status/",

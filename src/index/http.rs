@@ -13,7 +13,7 @@ use tiny_http::{Header, Method, Request, Response};
 use super::lease::{Lease, LeaseError};
 use super::state::{hash_token, Op, Outcome, StateError};
 use super::sync::{self, SyncRequest};
-use super::{metrics, replicate, Index, Role, SubmitError};
+use super::{dashboard, metrics, replicate, Index, Role, SubmitError};
 use crate::protocol::{
     self, AnnounceRequest, AnnounceResponse, ErrorBody, FileInfoResponse, FileMeta,
     HeartbeatRequest, HeartbeatResponse, HolderVersion, LeaseIdRequest, LeaseInfo, LeaseRequest,
@@ -131,6 +131,7 @@ impl From<StateError> for ApiError {
 }
 
 const JSON: &str = "application/json";
+const HTML: &str = "text/html; charset=utf-8";
 /// Prometheus' text exposition format.
 const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -376,6 +377,10 @@ fn route(index: &Index, request: &mut Request) -> Result<Reply, ApiError> {
         protocol::PATH_STATUS => {
             expect(Method::Get, "GET")?;
             status(index, query)
+        }
+        protocol::PATH_DASHBOARD => {
+            expect(Method::Get, "GET")?;
+            Ok(Reply::text(dashboard::render(index), HTML))
         }
         protocol::PATH_METRICS => {
             expect(Method::Get, "GET")?;

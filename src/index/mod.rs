@@ -7,6 +7,7 @@
 //! op meets the clock and the write lock and, on a primary with shadows, enters the op log in
 //! sequence order. A shadow's state changes only by the primary's ops and snapshots.
 
+pub mod dashboard;
 pub mod http;
 pub mod lease;
 pub mod log;
