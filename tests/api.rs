@@ -478,3 +478,22 @@ fn limits_are_flags_with_clear_errors() {
         (Some(1), Some(1))
     );
 }
+
+/// Sizes are what peers claim: two files of u64::MAX bytes each must not break the status
+/// page's per-peer byte count (found by schemathesis: a worker panicked on the overflow).
+#[test]
+fn the_status_page_survives_absurd_sizes() {
+    let index = start_index(&[]);
+    let url = &index.url;
+    let huge = |name: &str| json!({"name": name, "version": 1, "size": u64::MAX, "sha256": sha(name.len() as u8)});
+    let body = json!({"addr": "127.0.0.1:9", "files": [huge("a.bin"), huge("bb.bin")]});
+    assert_eq!(
+        post(&format!("{url}/register"), &body.to_string()).status,
+        200
+    );
+    for _ in 0..8 {
+        let page = get(&format!("{url}/"));
+        assert_eq!(page.status, 200);
+        assert!(page.body.contains(&u64::MAX.to_string()), "{}", page.body);
+    }
+}

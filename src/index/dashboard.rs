@@ -93,7 +93,8 @@ pub fn render(index: &Index) -> String {
                         let held = entry.holders.get(id)?;
                         entry.versions.get(held).map(|v| v.size)
                     })
-                    .sum();
+                    // Sizes are what peers claim, up to u64::MAX each.
+                    .fold(0u64, u64::saturating_add);
                 Some(PeerRow {
                     id: id.to_string(),
                     addr: peer.addr.clone(),

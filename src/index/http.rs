@@ -245,7 +245,17 @@ pub fn serve(index: &Index, server: &tiny_http::Server, to_commit: &Sender<Pendi
             }
         };
         let started = Instant::now();
-        let mut reply = handle(index, &mut request);
+        // A bug must cost one answer, not a worker: a panic is answered 500 and logged.
+        let handled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(index, &mut request)));
+        let mut reply = handled.unwrap_or_else(|_| {
+            log::error!(
+                "{} {}: the handler panicked",
+                request.method(),
+                request.url()
+            );
+            Reply::error(&ApiError::Internal("internal error".into()))
+        });
         reply.endpoint = endpoint(request.url());
         reply.started = Some(started);
         log::debug!("{} {} -> {}", request.method(), request.url(), reply.status);
