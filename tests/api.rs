@@ -497,3 +497,30 @@ fn the_status_page_survives_absurd_sizes() {
         assert!(page.body.contains(&u64::MAX.to_string()), "{}", page.body);
     }
 }
+
+/// A file claimed at version u64::MAX (a new name may start at any version) can take no next
+/// version: the announce of one is refused, and nothing overflows.
+#[test]
+fn the_highest_version_has_no_successor() {
+    let index = start_index(&[]);
+    let url = &index.url;
+    let top = json!({"name": "top.txt", "version": u64::MAX, "size": 1, "sha256": sha(1)});
+    let body = json!({"addr": "127.0.0.1:9", "files": [top]});
+    let a = post(&format!("{url}/register"), &body.to_string()).json();
+    let id = Id {
+        peer_id: a["peer_id"].as_str().unwrap().into(),
+        token: a["token"].as_str().unwrap().into(),
+    };
+    let granted = lease(url, &id, "top.txt");
+    assert_eq!(granted.status, 200);
+    assert_eq!(granted.json()["version"], u64::MAX);
+    let announce = json!({"peer_id": id.peer_id, "token": id.token, "file": "top.txt",
+                          "version": 5, "size": 2, "sha256": sha(2),
+                          "lease_id": granted.json()["lease_id"]});
+    let answer = post(&format!("{url}/announce"), &announce.to_string());
+    assert!(answer.status < 500, "{}: {}", answer.status, answer.body);
+    let info = get(&format!("{url}/file?name=top.txt")).json();
+    let versions = info["versions"].as_array().unwrap();
+    assert_eq!(versions.last().unwrap()["version"], u64::MAX, "{info}");
+    assert_eq!(get(&format!("{url}/health")).status, 200);
+}

@@ -780,7 +780,7 @@ impl IndexState {
             return Ok(Claim::Known);
         }
         let latest = entry.latest_version();
-        if file.version == latest + 1 {
+        if latest.checked_add(1) == Some(file.version) {
             Ok(Claim::Next)
         } else if file.version > latest {
             Err(format!(

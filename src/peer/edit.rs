@@ -230,7 +230,9 @@ impl Peer {
         }
         let meta = FileMeta {
             name: name.to_string(),
-            version: base.version + 1,
+            // Saturating: the index may know a version as high as u64::MAX (a peer may claim
+            // any); it then refuses this publish, and the edit is kept aside.
+            version: base.version.saturating_add(1),
             size,
             sha256,
         };

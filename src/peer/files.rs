@@ -243,7 +243,7 @@ impl LocalStore {
                 },
                 other => {
                     let e = Entry {
-                        version: other.map_or(1, |o| o.version + 1),
+                        version: other.map_or(1, |o| o.version.saturating_add(1)),
                         size: meta.len(),
                         sha256,
                         mtime_ns: mtime,
