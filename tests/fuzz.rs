@@ -152,22 +152,6 @@ fn query(g: &mut Gen) -> String {
     )
 }
 
-fn send(method: &str, url: &str, body: Vec<u8>) -> Answer {
-    let agent = agent();
-    let sent = if method == "GET" {
-        agent.get(url).call()
-    } else {
-        agent
-            .post(url)
-            .header("Content-Type", "application/json")
-            .send(&body[..])
-    };
-    let response = sent.unwrap_or_else(|e| panic!("{method} {url}: no answer: {e}"));
-    let status = response.status().as_u16();
-    let body = response.into_body().read_to_string().unwrap_or_default();
-    Answer { status, body }
-}
-
 #[test]
 fn generated_requests_never_earn_a_5xx_or_stop_the_index() {
     let (pport, sport) = (free_port(), free_port());
@@ -220,7 +204,7 @@ fn generated_requests_never_earn_a_5xx_or_stop_the_index() {
             format!("{url}{path}")
         };
         let payload = body(&mut g, path, &id, &lease_id);
-        let answer = send(method, &target, payload.clone());
+        let (answer, _) = call(method, &target, &payload);
         assert!(
             answer.status < 500,
             "request {n}: {method} {target} with {:?} got {}: {}",

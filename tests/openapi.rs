@@ -42,26 +42,6 @@ fn spec_routes() -> BTreeMap<String, BTreeSet<String>> {
     routes
 }
 
-fn request(method: &str, url: &str) -> (Answer, Option<String>) {
-    let agent = agent();
-    let sent = match method {
-        "GET" => agent.get(url).call(),
-        _ => agent
-            .post(url)
-            .header("Content-Type", "application/json")
-            .send("{}"),
-    };
-    let response = sent.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let status = response.status().as_u16();
-    let allow = response
-        .headers()
-        .get("allow")
-        .and_then(|v| v.to_str().ok())
-        .map(String::from);
-    let body = response.into_body().read_to_string().unwrap_or_default();
-    (Answer { status, body }, allow)
-}
-
 #[test]
 fn the_spec_lists_exactly_the_routes_the_index_answers() {
     let routes = spec_routes();
@@ -76,7 +56,7 @@ fn the_spec_lists_exactly_the_routes_the_index_answers() {
     for (path, methods) in &routes {
         assert!(!methods.is_empty(), "{path} lists no method");
         for method in ["GET", "POST"] {
-            let (answer, allow) = request(method, &format!("{}{path}", index.url));
+            let (answer, allow) = call(method, &format!("{}{path}", index.url), b"{}");
             if methods.contains(method) {
                 assert_ne!(answer.status, 405, "{method} {path}: {}", answer.body);
                 assert!(
@@ -104,7 +84,7 @@ fn the_spec_lists_exactly_the_routes_the_index_answers() {
         "/lease/other",
         "/%2e%2e/status",
     ] {
-        let (answer, _) = request("GET", &format!("{}{unlisted}", index.url));
+        let (answer, _) = call("GET", &format!("{}{unlisted}", index.url), b"");
         assert_eq!(answer.status, 404, "{unlisted}: {}", answer.body);
         assert!(
             answer.body.contains("no such endpoint"),

@@ -473,21 +473,32 @@ pub fn agent() -> ureq::Agent {
 }
 
 pub fn get(url: &str) -> Answer {
-    let response = agent().get(url).call().unwrap();
-    let status = response.status().as_u16();
-    let body = response.into_body().read_to_string().unwrap_or_default();
-    Answer { status, body }
+    call("GET", url, b"").0
 }
 
 pub fn post(url: &str, body: &str) -> Answer {
-    let response = agent()
-        .post(url)
-        .header("Content-Type", "application/json")
-        .send(body)
-        .unwrap();
+    call("POST", url, body.as_bytes()).0
+}
+
+/// A GET, or a POST of `body` as JSON, with the answer's `Allow` header.
+pub fn call(method: &str, url: &str, body: &[u8]) -> (Answer, Option<String>) {
+    let agent = agent();
+    let sent = match method {
+        "GET" => agent.get(url).call(),
+        _ => agent
+            .post(url)
+            .header("Content-Type", "application/json")
+            .send(body),
+    };
+    let response = sent.unwrap_or_else(|e| panic!("{method} {url}: no answer: {e}"));
     let status = response.status().as_u16();
+    let allow = response
+        .headers()
+        .get("allow")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
     let body = response.into_body().read_to_string().unwrap_or_default();
-    Answer { status, body }
+    (Answer { status, body }, allow)
 }
 
 /// Sends raw bytes as a request (for paths a client library would normalise) and returns the
