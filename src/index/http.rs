@@ -161,19 +161,24 @@ struct Park {
 }
 
 impl Reply {
+    /// An answer of `status` with `body` of type `content_type`, nothing else to do.
+    fn new(status: u16, body: String, content_type: &'static str) -> Reply {
+        Reply {
+            status,
+            body,
+            park: None,
+            after: 0,
+            wake: Vec::new(),
+            content_type,
+            allow: None,
+            endpoint: "other",
+            started: None,
+        }
+    }
+
     pub(crate) fn json<T: Serialize>(status: u16, value: &T) -> Reply {
         match serde_json::to_string(value) {
-            Ok(body) => Reply {
-                status,
-                body,
-                park: None,
-                after: 0,
-                wake: Vec::new(),
-                content_type: JSON,
-                allow: None,
-                endpoint: "other",
-                started: None,
-            },
+            Ok(body) => Reply::new(status, body, JSON),
             Err(e) => Reply::error(&ApiError::Internal(format!("cannot encode answer: {e}"))),
         }
     }
@@ -182,32 +187,12 @@ impl Reply {
         let body = serde_json::to_string(&e.body())
             .unwrap_or_else(|_| r#"{"error":"internal error"}"#.to_string());
         Reply {
-            status: e.status(),
-            body,
-            park: None,
-            after: 0,
-            wake: Vec::new(),
-            content_type: JSON,
             allow: match e {
                 ApiError::MethodNotAllowed(allowed) => Some(*allowed),
                 _ => None,
             },
-            endpoint: "other",
-            started: None,
+            ..Reply::new(e.status(), body, JSON)
         }
-    }
-
-    fn text(body: String, content_type: &'static str) -> Reply {
-        Reply {
-            content_type,
-            ..Reply::json(200, &())
-        }
-        .with_body(body)
-    }
-
-    fn with_body(mut self, body: String) -> Reply {
-        self.body = body;
-        self
     }
 
     /// The error answer that replaces this one (its op could not be stored).
@@ -390,12 +375,12 @@ fn route(index: &Index, request: &mut Request) -> Result<Reply, ApiError> {
         }
         protocol::PATH_DASHBOARD => {
             expect(Method::Get, "GET")?;
-            Ok(Reply::text(dashboard::render(index), HTML))
+            Ok(Reply::new(200, dashboard::render(index), HTML))
         }
         protocol::PATH_METRICS => {
             expect(Method::Get, "GET")?;
             let body = metrics::render(&index.metrics, &index.metrics_snapshot());
-            Ok(Reply::text(body, PROMETHEUS))
+            Ok(Reply::new(200, body, PROMETHEUS))
         }
         protocol::PATH_HEALTH => {
             expect(Method::Get, "GET")?;
