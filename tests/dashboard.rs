@@ -66,13 +66,8 @@ fn the_status_page_shows_the_cluster_in_a_browser() {
         eprintln!("SKIPPED: {CHROMIUM} is not installed (apt-get install chromium)");
         return;
     }
-    let (pport, sport) = (free_port(), free_port());
-    let (purl, surl) = (
-        format!("http://127.0.0.1:{pport}"),
-        format!("http://127.0.0.1:{sport}"),
-    );
-    let _shadow = start_shadow(sport, &purl, &[]);
-    let _primary = start_primary(pport, &surl, &["--replication-factor", "2"]);
+    let (_primary, _shadow, Addrs { purl, surl, .. }) =
+        start_pair(&["--replication-factor", "2"], &[]);
     // Two peers: one file both hold, one only the first holds (below R), and a name that
     // would be markup if the page did not escape it.
     let a = identity(

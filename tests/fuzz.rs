@@ -154,25 +154,16 @@ fn query(g: &mut Gen) -> String {
 
 #[test]
 fn generated_requests_never_earn_a_5xx_or_stop_the_index() {
-    let (pport, sport) = (free_port(), free_port());
-    let (purl, surl) = (
-        format!("http://127.0.0.1:{pport}"),
-        format!("http://127.0.0.1:{sport}"),
-    );
     let data = tempfile::tempdir().unwrap();
-    let _shadow = start_shadow(sport, &purl, &[]);
-    let primary = start_primary(
-        pport,
-        &surl,
-        &[
-            "--data-dir",
-            data.path().to_str().unwrap(),
-            "--replication-factor",
-            "2",
-            "--max-body",
-            "65536",
-        ],
-    );
+    let primary_flags = [
+        "--data-dir",
+        data.path().to_str().unwrap(),
+        "--replication-factor",
+        "2",
+        "--max-body",
+        "65536",
+    ];
+    let (primary, _shadow, Addrs { purl, surl, .. }) = start_pair(&primary_flags, &[]);
     let url = &primary.url;
     let id = identity(url, 9501, vec![file_entry("song.mp3", 1, "s")]);
     let _other = identity(url, 9502, vec![file_entry("other.txt", 1, "o")]);

@@ -44,34 +44,9 @@ fn publish(url: &str, id: &Id, name: &str, content: &str) {
     assert_eq!(answer.status, 200, "{}", answer.body);
 }
 
-/// Ports and base URLs for a primary and its shadow.
-struct Addrs {
-    pport: u16,
-    sport: u16,
-    purl: String,
-    surl: String,
-}
-
-fn addrs() -> Addrs {
-    let (pport, sport) = (free_port(), free_port());
-    Addrs {
-        pport,
-        sport,
-        purl: format!("http://127.0.0.1:{pport}"),
-        surl: format!("http://127.0.0.1:{sport}"),
-    }
-}
-
 #[test]
 fn the_shadow_mirrors_the_primary_and_refuses_writes() {
-    let Addrs {
-        pport,
-        sport,
-        purl,
-        surl,
-    } = addrs();
-    let shadow = start_shadow(sport, &purl, &[]);
-    let primary = start_primary(pport, &surl, &[]);
+    let (primary, shadow, Addrs { purl, surl, .. }) = start_pair(&[], &[]);
     let a = identity(&primary.url, 9001, vec![file_entry("doc.txt", 1, "v1")]);
     let _b = identity(&primary.url, 9002, vec![file_entry("doc.txt", 1, "v1")]);
     publish(&primary.url, &a, "doc.txt", "v2");
@@ -210,14 +185,13 @@ struct Pair {
 }
 
 fn pair_with_peers(index_timeout: &str) -> Pair {
-    let Addrs {
-        pport,
-        sport,
-        purl,
-        surl,
-    } = addrs();
-    let shadow = start_shadow(sport, &purl, &[]);
-    let primary = start_primary(pport, &surl, &[]);
+    let (
+        primary,
+        shadow,
+        Addrs {
+            pport, purl, surl, ..
+        },
+    ) = start_pair(&[], &[]);
     let both = format!("{purl},{surl}");
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     fs::write(a.path().join("doc.txt"), b"replicated\n").unwrap();

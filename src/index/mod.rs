@@ -771,13 +771,6 @@ impl IndexServer {
             }
         }
     }
-
-    /// Runs until the process is killed.
-    pub fn wait(self) {
-        for t in self.threads {
-            let _ = t.join();
-        }
-    }
 }
 
 #[cfg(test)]

@@ -282,6 +282,32 @@ pub fn start_shadow(port: u16, primary_url: &str, extra: &[&str]) -> IndexProc {
     start_index_on(&listen, &args)
 }
 
+/// Ports and base URLs for a primary and its shadow.
+pub struct Addrs {
+    pub pport: u16,
+    pub sport: u16,
+    pub purl: String,
+    pub surl: String,
+}
+
+pub fn addrs() -> Addrs {
+    let (pport, sport) = (free_port(), free_port());
+    Addrs {
+        pport,
+        sport,
+        purl: format!("http://127.0.0.1:{pport}"),
+        surl: format!("http://127.0.0.1:{sport}"),
+    }
+}
+
+/// A shadow and its primary on free ports, with the test secret: (primary, shadow, addresses).
+pub fn start_pair(primary_extra: &[&str], shadow_extra: &[&str]) -> (IndexProc, IndexProc, Addrs) {
+    let addrs = addrs();
+    let shadow = start_shadow(addrs.sport, &addrs.purl, shadow_extra);
+    let primary = start_primary(addrs.pport, &addrs.surl, primary_extra);
+    (primary, shadow, addrs)
+}
+
 /// A running peer, its shared folder and the address it serves files on.
 pub struct PeerProc {
     pub proc: Proc,
