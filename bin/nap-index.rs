@@ -80,6 +80,13 @@ struct Args {
     /// ops logged between snapshots
     #[argh(option, default = "100000")]
     snapshot_every: u64,
+    /// most requests in flight, and open connections; every live peer holds one (its long
+    /// poll). Default 8192, or what the open-file limit holds
+    #[argh(option)]
+    max_connections: Option<usize>,
+    /// seconds a connection may stay open without a request
+    #[argh(option, default = "30.0")]
+    idle_timeout: f64,
 }
 
 fn usage(message: &str) -> ! {
@@ -153,7 +160,14 @@ fn main() {
         data_dir: (!args.in_memory).then(|| std::path::PathBuf::from(&args.data_dir)),
         fsync: args.fsync.parse().unwrap_or_else(|e: String| usage(&e)),
         snapshot_every: args.snapshot_every,
+        max_connections: args.max_connections.unwrap_or_else(|| {
+            nap::net::connections::fitting_or_warn(nap::index::DEFAULT_MAX_CONNECTIONS)
+        }),
+        idle_timeout: seconds("idle-timeout", args.idle_timeout),
     };
+    if config.max_connections == 0 || config.idle_timeout.is_zero() {
+        usage("--max-connections and --idle-timeout must be more than 0");
+    }
     if config.replication_factor == 0 || config.max_tasks_per_peer == 0 {
         usage("--replication-factor and --max-tasks-per-peer must be at least 1");
     }
@@ -178,7 +192,7 @@ fn main() {
         );
     }
     // Registered before the start, so a signal that comes during it is taken afterwards.
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+    let signals = match Signals::new([SIGINT, SIGTERM]) {
         Ok(signals) => signals,
         Err(e) => {
             eprintln!("nap-index: cannot handle signals: {e}");
@@ -189,12 +203,22 @@ fn main() {
         Ok(server) => {
             println!("nap-index listening on {}", server.url());
             // Runs until SIGINT or SIGTERM, then stops cleanly: the workers finish, the log
-            // is written and synced.
-            if let Some(signal) = signals.forever().next() {
-                log::info!("signal {signal}: stopping");
-            }
+            // is written and synced. If the server stops accepting connections, it stops
+            // the same way but exits 1, for its supervisor to start a fresh one.
+            let signalled = nap::net::signals(signals);
+            let code = crossbeam_channel::select! {
+                recv(signalled) -> signal => {
+                    log::info!("signal {}: stopping", signal.unwrap_or_default());
+                    0
+                }
+                recv(server.failed()) -> _ => {
+                    log::error!("stopping: no longer accepting connections");
+                    1
+                }
+            };
             server.stop();
             log::info!("stopped");
+            std::process::exit(code);
         }
         Err(e) => {
             eprintln!("nap-index: cannot start: {e}");

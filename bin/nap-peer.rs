@@ -49,6 +49,13 @@ struct Serve {
     /// concurrent uploads to other peers
     #[argh(option, default = "4")]
     upload_slots: usize,
+    /// most requests in flight, and open connections, the file server takes (default 256,
+    /// or what the open-file limit holds)
+    #[argh(option)]
+    max_connections: Option<usize>,
+    /// seconds a connection to the file server may stay open without a request
+    #[argh(option, default = "30.0")]
+    idle_timeout: f64,
     /// run without the shell, until killed
     #[argh(switch)]
     daemon: bool,
@@ -120,8 +127,16 @@ fn run_serve(args: Serve) -> i32 {
         index_timeout: seconds("index-timeout", args.index_timeout),
         rescan_interval: seconds("rescan-interval", args.rescan_interval),
         upload_slots: args.upload_slots,
+        max_connections: args.max_connections.unwrap_or_else(|| {
+            nap::net::connections::fitting_or_warn(nap::peer::DEFAULT_MAX_CONNECTIONS)
+        }),
+        idle_timeout: seconds("idle-timeout", args.idle_timeout),
     };
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+    if config.max_connections == 0 || config.idle_timeout.is_zero() {
+        eprintln!("nap-peer: --max-connections and --idle-timeout must be more than 0");
+        return 2;
+    }
+    let signals = match Signals::new([SIGINT, SIGTERM]) {
         Ok(signals) => signals,
         Err(e) => {
             eprintln!("nap-peer: cannot handle signals: {e}");
@@ -142,18 +157,27 @@ fn run_serve(args: Serve) -> i32 {
         peer.addr(),
         peer.index.servers().join(", ")
     );
+    let signalled = nap::net::signals(signals);
     if args.daemon {
-        // Serves until SIGINT or SIGTERM, then leaves the index and stops.
-        if let Some(signal) = signals.forever().next() {
-            log::info!("signal {signal}: leaving the index");
-        }
+        // Serves until SIGINT or SIGTERM, then leaves the index and stops; if the file
+        // server stops accepting, the same but exits 1, for its supervisor to restart it.
+        let code = crossbeam_channel::select! {
+            recv(signalled) -> signal => {
+                log::info!("signal {}: leaving the index", signal.unwrap_or_default());
+                0
+            }
+            recv(node.failed()) -> _ => {
+                log::error!("leaving the index: the file server no longer accepts connections");
+                1
+            }
+        };
         node.stop();
-        return 0;
+        return code;
     }
     // The shell reads stdin on this thread; a signal leaves the index from another one.
     let leaving = node.peer().clone();
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
+        if signalled.recv().is_ok() {
             if let Err(e) = leaving.unregister() {
                 log::warn!("could not unregister: {e}");
             }

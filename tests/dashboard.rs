@@ -66,8 +66,10 @@ fn the_status_page_shows_the_cluster_in_a_browser() {
         eprintln!("SKIPPED: {CHROMIUM} is not installed (apt-get install chromium)");
         return;
     }
-    let (_primary, _shadow, Addrs { purl, surl, .. }) =
-        start_pair(&["--replication-factor", "2"], &[]);
+    let (_primary, _shadow, Addrs { purl, surl, .. }) = start_pair(
+        &["--replication-factor", "2", "--max-connections", "100"],
+        &[],
+    );
     // Two peers: one file both hold, one only the first holds (below R), and a name that
     // would be markup if the page did not escape it.
     let a = identity(
@@ -104,6 +106,13 @@ fn the_status_page_shows_the_cluster_in_a_browser() {
     // The hostile name is text, not an element.
     assert!(dom.contains("&lt;i&gt;x.txt"), "{dom}");
     assert!(!dom.contains("<i>x.txt"), "{dom}");
+    // The connection counts, with the limit; the page's own request is in flight (no
+    // peer process holds a long poll here).
+    let connections = text_of(&dom, "connections");
+    assert!(
+        connections.contains("limit 100; requests in flight: 1;"),
+        "{connections}"
+    );
     // The lease, with its holder.
     let leases = &dom[dom.find("id=\"leases\"").unwrap()..];
     assert!(

@@ -171,6 +171,18 @@ pub fn render(index: &Index) -> String {
         }
         (None, true) => {}
     }
+    if let Some(c) = &status.connections {
+        let _ = writeln!(
+            h,
+            "<p id=\"connections\">connections: {open} open, limit {max}; requests in \
+             flight: {busy}; refused: {refused}; idle connections closed: {closed}.</p>",
+            open = c.open,
+            busy = c.in_flight,
+            max = c.max,
+            refused = c.refused,
+            closed = c.closed_idle + c.closed_over_limit,
+        );
+    }
 
     let _ = writeln!(
         h,

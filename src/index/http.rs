@@ -10,6 +10,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tiny_http::{Header, Method, Request, Response};
 
+use crate::net::{Call, Connections};
+
 use super::lease::{Lease, LeaseError};
 use super::state::{hash_token, Op, Outcome, StateError};
 use super::sync::{self, SyncRequest};
@@ -46,6 +48,8 @@ pub enum ApiError {
     TooMany(String),
     /// The index cannot do this now (its log cannot be written).
     Unavailable(String),
+    /// As many requests as the index takes are in flight: try again in a moment.
+    Overloaded(String),
     Internal(String),
 }
 
@@ -59,7 +63,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => 405,
             ApiError::Conflict(_) | ApiError::LeaseHeld { .. } => 409,
             ApiError::TooLarge(_) | ApiError::TooMany(_) => 413,
-            ApiError::Unavailable(_) => 503,
+            ApiError::Unavailable(_) | ApiError::Overloaded(_) => 503,
             ApiError::Internal(_) => 500,
         }
     }
@@ -74,6 +78,7 @@ impl ApiError {
             | ApiError::Conflict(m)
             | ApiError::LeaseHeld { message: m, .. }
             | ApiError::Unavailable(m)
+            | ApiError::Overloaded(m)
             | ApiError::TooMany(m)
             | ApiError::Internal(m) => m.clone(),
             ApiError::MethodNotAllowed(allowed) => format!("method not allowed; use {allowed}"),
@@ -148,6 +153,8 @@ pub struct Reply {
     content_type: &'static str,
     /// With a 405: the methods the endpoint takes (RFC 9110 asks for an `Allow` header).
     allow: Option<&'static str>,
+    /// With a 503 for load: seconds after which to try again (`Retry-After`).
+    retry_after: Option<u32>,
     /// The endpoint, and when a worker took the request: for `/metrics`.
     endpoint: &'static str,
     started: Option<Instant>,
@@ -171,6 +178,7 @@ impl Reply {
             wake: Vec::new(),
             content_type,
             allow: None,
+            retry_after: None,
             endpoint: "other",
             started: None,
         }
@@ -191,6 +199,7 @@ impl Reply {
                 ApiError::MethodNotAllowed(allowed) => Some(*allowed),
                 _ => None,
             },
+            retry_after: matches!(e, ApiError::Overloaded(_)).then_some(1),
             ..Reply::new(e.status(), body, JSON)
         }
     }
@@ -213,16 +222,21 @@ impl Reply {
 
 /// An answer waiting for its op to reach the disk.
 pub struct Pending {
-    request: Request,
+    request: Call,
     reply: Reply,
 }
 
 /// A worker: answers requests until the server is unblocked. An answer that acknowledges an
 /// op goes to the committer when acknowledgements wait for the disk.
-pub fn serve(index: &Index, server: &tiny_http::Server, to_commit: &Sender<Pending>) {
+pub fn serve(
+    index: &Index,
+    server: &tiny_http::Server,
+    conns: &std::sync::Arc<Connections>,
+    to_commit: &Sender<Pending>,
+) {
     let waits = index.acks_wait_for_disk();
     loop {
-        let mut request = match server.recv() {
+        let request = match server.recv() {
             Ok(rq) => rq,
             Err(e) => {
                 log::debug!("worker stops: {e}");
@@ -230,6 +244,19 @@ pub fn serve(index: &Index, server: &tiny_http::Server, to_commit: &Sender<Pendi
             }
         };
         let started = Instant::now();
+        let Some(busy) = conns.begin(request.remote_addr().copied()) else {
+            let mut reply = Reply::error(&ApiError::Overloaded(conns.refusal()));
+            reply.endpoint = endpoint(request.url());
+            index
+                .metrics
+                .request(reply.endpoint, reply.status, started.elapsed());
+            log::debug!("{} {} -> refused", request.method(), request.url());
+            if let Err(e) = request.respond(response(reply)) {
+                log::debug!("could not send answer: {e}");
+            }
+            continue;
+        };
+        let mut request = Call::new(request, busy);
         // A bug must cost one answer, not a worker: a panic is answered 500 and logged.
         let handled =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(index, &mut request)));
@@ -272,7 +299,7 @@ pub fn commit(index: &Index, pending: &Receiver<Pending>) {
     }
 }
 
-fn commit_one(index: &Index, request: Request, reply: Reply) {
+fn commit_one(index: &Index, request: Call, reply: Reply) {
     match index.durable(reply.after) {
         Ok(()) => finish(index, request, reply),
         Err(e) => {
@@ -284,7 +311,7 @@ fn commit_one(index: &Index, request: Request, reply: Reply) {
 
 /// Sends the answer, or parks a long poll with the planner's waiters; then wakes the peers
 /// the answer names.
-fn finish(index: &Index, request: Request, mut reply: Reply) {
+fn finish(index: &Index, request: Call, mut reply: Reply) {
     if let Some(started) = reply.started {
         index
             .metrics
@@ -302,7 +329,13 @@ fn finish(index: &Index, request: Request, mut reply: Reply) {
     }
 }
 
-pub fn respond(request: Request, reply: Reply) {
+pub fn respond(request: Call, reply: Reply) {
+    if let Err(e) = request.respond(response(reply)) {
+        log::debug!("could not send answer: {e}");
+    }
+}
+
+fn response(reply: Reply) -> Response<std::io::Cursor<Vec<u8>>> {
     let content_type = Header::from_bytes(&b"Content-Type"[..], reply.content_type.as_bytes())
         .expect("static header is valid");
     let mut response = Response::from_string(reply.body)
@@ -314,9 +347,13 @@ pub fn respond(request: Request, reply: Reply) {
     {
         response.add_header(allow);
     }
-    if let Err(e) = request.respond(response) {
-        log::debug!("could not send answer: {e}");
+    if let Some(header) = reply
+        .retry_after
+        .and_then(|s| Header::from_bytes(&b"Retry-After"[..], s.to_string().as_bytes()).ok())
+    {
+        response.add_header(header);
     }
+    response
 }
 
 /// The endpoint a URL names, as a metrics label: one of the API's paths, or "other" (so

@@ -108,6 +108,8 @@ pub struct Snapshot {
     pub since_sync: Option<f64>,
     /// With a data directory: the duration of each fsync of the op log.
     pub fsync: Option<Histogram>,
+    /// The HTTP server's connections.
+    pub connections: Option<crate::net::Counts>,
 }
 
 /// The planner's books, counted since start.
@@ -257,6 +259,49 @@ pub fn render(metrics: &Metrics, s: &Snapshot) -> String {
             "nap_sync_last_seconds",
             "Shadow: seconds since the primary's last push.",
             ago,
+        );
+    }
+    if let Some(c) = &s.connections {
+        gauge(
+            &mut out,
+            "nap_connections_open",
+            "Client connections open for more than one look of the warden (100 ms or more), as it last counted them.",
+            c.open,
+        );
+        gauge(
+            &mut out,
+            "nap_requests_in_flight",
+            "Requests taken and not yet answered, parked long polls included.",
+            c.in_flight,
+        );
+        gauge(
+            &mut out,
+            "nap_connections_max",
+            "Requests in flight (and open connections) this index takes (--max-connections).",
+            c.max,
+        );
+        counter(
+            &mut out,
+            "nap_requests_refused_total",
+            "Requests answered 503 because --max-connections were in flight.",
+            c.refused,
+        );
+        metric(
+            &mut out,
+            "nap_connections_closed_total",
+            "counter",
+            "Connections the index closed: idle past --idle-timeout, or idle while over \
+             --max-connections.",
+        );
+        let _ = writeln!(
+            out,
+            "nap_connections_closed_total{{reason=\"idle\"}} {}",
+            c.closed_idle
+        );
+        let _ = writeln!(
+            out,
+            "nap_connections_closed_total{{reason=\"over_limit\"}} {}",
+            c.closed_over_limit
         );
     }
     if let Some(fsync) = &s.fsync {

@@ -81,7 +81,15 @@ pub struct IndexConfig {
     pub fsync: Fsync,
     /// Ops logged between snapshots (each snapshot lets the log before it go).
     pub snapshot_every: u64,
+    /// Requests in flight (and open connections) at most; each live peer holds one with its
+    /// long-poll heartbeat.
+    pub max_connections: usize,
+    /// A connection without a request for this long is closed.
+    pub idle_timeout: Duration,
 }
+
+/// Connections taken unless told otherwise (fewer if the open-file limit cannot hold them).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 8192;
 
 impl Default for IndexConfig {
     fn default() -> Self {
@@ -108,6 +116,8 @@ impl Default for IndexConfig {
             data_dir: None,
             fsync: Fsync::Always,
             snapshot_every: 100_000,
+            max_connections: crate::net::connections::fitting(DEFAULT_MAX_CONNECTIONS),
+            idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -137,6 +147,8 @@ pub struct Index {
     disk: Option<DiskLog>,
     /// Request latencies, for `/metrics`.
     pub metrics: metrics::Metrics,
+    /// The HTTP server's connection counts (none in unit tests without a server).
+    conns: Option<Arc<crate::net::Connections>>,
 }
 
 /// Why a change was not made, or not made durable.
@@ -221,6 +233,7 @@ impl Index {
             waiters: Waiters::default(),
             disk,
             metrics: metrics::Metrics::default(),
+            conns: None,
         })
     }
 
@@ -317,7 +330,13 @@ impl Index {
             shadows,
             since_sync: self.since_last_sync().map(|d| d.as_secs_f64()),
             fsync: self.disk.as_ref().map(DiskLog::fsync_times),
+            connections: self.connections(),
         }
+    }
+
+    /// The HTTP server's connection counts.
+    pub fn connections(&self) -> Option<crate::net::Counts> {
+        self.conns.as_ref().map(|c| c.counts())
     }
 
     /// The copy tasks in flight (the planner's books).
@@ -607,6 +626,7 @@ pub struct IndexServer {
     stop: Sender<()>,
     threads: Vec<JoinHandle<()>>,
     index: Arc<Index>,
+    failed: Receiver<()>,
 }
 
 fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> io::Result<JoinHandle<()>> {
@@ -631,8 +651,15 @@ impl IndexServer {
         // The data is loaded before the port opens: while it loads, clients are refused at
         // once (and fail over) instead of waiting on a connection nobody answers.
         let mut index = Index::new(config.clone(), crate::net::now_ms)?;
-        let (server, addr) = crate::net::http_server(&config.listen)?;
-        let server = Arc::new(server);
+        let http = crate::net::HttpServer::start(
+            &config.listen,
+            crate::net::Limits {
+                max: config.max_connections,
+                idle_timeout: config.idle_timeout,
+            },
+        )?;
+        let (server, addr, conns) = (http.server.clone(), http.addr, http.conns.clone());
+        index.conns = Some(conns.clone());
         let workers = config.workers.max(1);
         let (stop, stopped): (Sender<()>, Receiver<()>) = crossbeam_channel::bounded(0);
 
@@ -678,10 +705,15 @@ impl IndexServer {
         let (to_commit, committer) = crossbeam_channel::unbounded();
         for n in 0..workers {
             let (index, server, to_commit) = (index.clone(), server.clone(), to_commit.clone());
+            let conns = conns.clone();
             threads.push(spawn(format!("http-{n}"), move || {
-                http::serve(&index, &server, &to_commit)
+                http::serve(&index, &server, &conns, &to_commit)
             })?);
         }
+        let (fail, failed) = crossbeam_channel::bounded(1);
+        threads.push(http.spawn_warden(stopped.clone(), move || {
+            let _ = fail.try_send(());
+        })?);
         // The committer ends once every worker (every sender) is gone.
         drop(to_commit);
         if index.acks_wait_for_disk() {
@@ -739,7 +771,14 @@ impl IndexServer {
             stop,
             threads,
             index,
+            failed,
         })
+    }
+
+    /// Ready once the server has stopped accepting connections (see `net::connections`):
+    /// the process should stop, so its supervisor starts a fresh one.
+    pub fn failed(&self) -> &Receiver<()> {
+        &self.failed
     }
 
     pub fn addr(&self) -> SocketAddr {

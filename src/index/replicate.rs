@@ -32,7 +32,7 @@ const MIN_GAP: Duration = Duration::from_millis(5);
 const GAP_PER_PASS: u32 = 4;
 
 struct Parked {
-    request: tiny_http::Request,
+    request: crate::net::Call,
     until: Instant,
     /// What the heartbeat itself was answered (files the index refused), sent with the tasks.
     rejected: Vec<Rejected>,
@@ -55,7 +55,7 @@ impl Waiters {
         &self,
         index: &Index,
         peer_id: String,
-        request: tiny_http::Request,
+        request: crate::net::Call,
         wait: Duration,
         rejected: Vec<Rejected>,
     ) {

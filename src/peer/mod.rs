@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 
 use client::{ClientError, IndexClient};
 use download::{DownloadError, Downloader, Progress};
@@ -49,7 +49,15 @@ pub struct PeerConfig {
     pub rescan_interval: Duration,
     /// Concurrent uploads to other peers.
     pub upload_slots: usize,
+    /// Requests in flight (and open connections) the file server takes at most.
+    pub max_connections: usize,
+    /// A connection to the file server without a request for this long is closed.
+    pub idle_timeout: Duration,
 }
+
+/// Connections the file server takes unless told otherwise (fewer if the open-file limit
+/// cannot hold them).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
 impl Default for PeerConfig {
     fn default() -> Self {
@@ -61,6 +69,8 @@ impl Default for PeerConfig {
             index_timeout: Duration::from_secs(2),
             rescan_interval: Duration::from_secs(10),
             upload_slots: 4,
+            max_connections: crate::net::connections::fitting(DEFAULT_MAX_CONNECTIONS),
+            idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -490,12 +500,19 @@ pub struct PeerNode {
     server: Arc<tiny_http::Server>,
     stop: Sender<()>,
     threads: Vec<JoinHandle<()>>,
+    failed: Receiver<()>,
 }
 
 impl PeerNode {
     pub fn start(config: PeerConfig) -> io::Result<PeerNode> {
-        let (server, bound) = crate::net::http_server(&config.listen)?;
-        let server = Arc::new(server);
+        let http = crate::net::HttpServer::start(
+            &config.listen,
+            crate::net::Limits {
+                max: config.max_connections,
+                idle_timeout: config.idle_timeout,
+            },
+        )?;
+        let (server, bound) = (http.server.clone(), http.addr);
         let addr = config
             .advertise
             .clone()
@@ -505,13 +522,17 @@ impl PeerNode {
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let mut threads = Vec::new();
         for n in 0..slots {
-            let (peer, server) = (peer.clone(), server.clone());
+            let (peer, server, conns) = (peer.clone(), server.clone(), http.conns.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("upload-{n}"))
-                    .spawn(move || server::serve(&peer, &server))?,
+                    .spawn(move || server::serve(&peer, &server, &conns))?,
             );
         }
+        let (fail, failed) = crossbeam_channel::bounded(1);
+        threads.push(http.spawn_warden(stopped.clone(), move || {
+            let _ = fail.try_send(());
+        })?);
         let (tasks, inbox) = agent::TaskQueue::new();
         {
             let peer = peer.clone();
@@ -551,11 +572,18 @@ impl PeerNode {
             server,
             stop,
             threads,
+            failed,
         })
     }
 
     pub fn peer(&self) -> &Arc<Peer> {
         &self.peer
+    }
+
+    /// Ready once the file server has stopped accepting connections (see
+    /// `net::connections`): the process should stop, so its supervisor starts a fresh one.
+    pub fn failed(&self) -> &Receiver<()> {
+        &self.failed
     }
 
     /// Leaves the index and stops every thread.

@@ -5,16 +5,25 @@
 
 use std::io::{Read, Seek, SeekFrom};
 
+use std::sync::Arc;
+
 use tiny_http::{Header, Method, Request, Response, StatusCode};
 
 use super::Peer;
+use crate::net::Connections;
 use crate::protocol::{self, ErrorBody};
 
 /// A worker: answers requests until the server is unblocked. Each worker streams one file at
 /// a time, so the number of workers is the number of upload slots.
-pub fn serve(peer: &Peer, server: &tiny_http::Server) {
+pub fn serve(peer: &Peer, server: &tiny_http::Server, conns: &Arc<Connections>) {
     while let Ok(request) = server.recv() {
-        answer(peer, request);
+        match conns.begin(request.remote_addr().copied()) {
+            Some(_busy) => answer(peer, request),
+            None => {
+                let refusal = conns.refusal();
+                error(request, 503, &refusal);
+            }
+        }
     }
 }
 

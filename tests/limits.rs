@@ -1,0 +1,267 @@
+//! The connection limits of the index and of a peer's file server, against real processes:
+//! requests past `--max-connections` get a clear 503, idle connections are closed (and never
+//! one with a request in flight), a limit that cannot fit in the open-file limit is refused at
+//! start, and an index that stops accepting exits 1 instead of sitting deaf.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn host(url: &str) -> &str {
+    url.trim_start_matches("http://")
+}
+
+/// A raw GET: the status, the headers (lower-cased names) and the body.
+fn raw_get(addr: &str, path: &str) -> (u16, Vec<(String, String)>, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+/// True once the other side has closed `stream` (read gives the end, or a reset).
+fn closed_by_server(stream: &TcpStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    match (&*stream).read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// The value of an unlabelled metric, or of one sample line's exact labels.
+fn metric(url: &str, sample: &str) -> f64 {
+    let text = get(&format!("{url}/metrics")).body;
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {sample} in\n{text}"))
+}
+
+/// A long-poll heartbeat of `id` that the index holds for about `wait_ms`.
+fn long_poll(url: &str, id: &Id, wait_ms: u64) -> Answer {
+    post(
+        &format!("{url}/heartbeat"),
+        &serde_json::json!({"peer_id": id.peer_id, "token": id.token, "wait_ms": wait_ms})
+            .to_string(),
+    )
+}
+
+#[test]
+fn requests_past_the_limit_get_a_clear_503_and_places_come_back() {
+    let index = start_index(&["--max-connections", "2"]);
+    let url = index.url.clone();
+    let ids: Vec<Id> = (0..2).map(|n| identity(&url, 9000 + n, vec![])).collect();
+    std::thread::scope(|s| {
+        // Two peers waiting on long polls take both places.
+        let polls: Vec<_> = ids
+            .iter()
+            .map(|id| s.spawn(|| long_poll(&url, id, 8_000)))
+            .collect();
+        let (status, headers, body) = poll_until("both places are taken", || {
+            let answer = raw_get(host(&url), "/health");
+            (answer.0 == 503).then_some(answer)
+        });
+        assert_eq!(status, 503);
+        let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let message = error["error"].as_str().unwrap();
+        assert!(message.contains("too many connections"), "{message}");
+        assert!(
+            headers.contains(&("retry-after".to_string(), "1".to_string())),
+            "{headers:?}"
+        );
+        for poll in polls {
+            assert_eq!(
+                poll.join().unwrap().status,
+                200,
+                "the long polls are answered"
+            );
+        }
+    });
+    // The places came back.
+    poll_until("the index answers again", || {
+        (raw_get(host(&url), "/health").0 == 200).then_some(())
+    });
+    assert!(metric(&url, "nap_requests_refused_total") >= 1.0);
+    assert_eq!(metric(&url, "nap_connections_max"), 2.0);
+}
+
+#[test]
+fn idle_connections_are_closed_but_never_one_with_a_request_in_flight() {
+    let index = start_index(&["--idle-timeout", "1"]);
+    let url = index.url.clone();
+    let id = identity(&url, 9100, vec![]);
+    // One connection sends nothing; one trickles half a request head and stops.
+    let silent = TcpStream::connect(host(&url)).unwrap();
+    let mut trickle = TcpStream::connect(host(&url)).unwrap();
+    trickle.write_all(b"GET /hea").unwrap();
+    std::thread::scope(|s| {
+        // A long poll well past the idle timeout must not be cut.
+        let poll = s.spawn(|| long_poll(&url, &id, 3_000));
+        poll_until("the silent connection is closed", || {
+            closed_by_server(&silent).then_some(())
+        });
+        poll_until("the trickling connection is closed", || {
+            closed_by_server(&trickle).then_some(())
+        });
+        let answer = poll.join().unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    });
+    assert!(metric(&url, "nap_connections_closed_total{reason=\"idle\"}") >= 2.0);
+}
+
+#[test]
+fn idle_connections_past_the_limit_are_shed_and_requests_still_served() {
+    let index = start_index(&["--max-connections", "4", "--idle-timeout", "600"]);
+    let url = index.url.clone();
+    let idle: Vec<TcpStream> = (0..12)
+        .map(|_| TcpStream::connect(host(&url)).unwrap())
+        .collect();
+    let closed = poll_until("the connections past the limit are closed", || {
+        let closed = idle.iter().filter(|s| closed_by_server(s)).count();
+        (closed >= 8).then_some(closed)
+    });
+    assert!(closed <= 12);
+    assert_eq!(get(&format!("{url}/health")).status, 200);
+    assert!(metric(&url, "nap_connections_closed_total{reason=\"over_limit\"}") >= 8.0);
+}
+
+#[test]
+fn a_limit_the_open_file_limit_cannot_hold_is_refused_at_start() {
+    let command = format!(
+        "ulimit -n 512 && exec {} --listen 127.0.0.1:0 --in-memory --max-connections 10000",
+        index_bin()
+    );
+    let mut index = Proc::spawn("index", "sh", &["-c", &command], &[]);
+    let status = index.wait_exit();
+    assert_eq!(status.code(), Some(1));
+    let said = index.stderr_lines().join("\n");
+    assert!(
+        said.contains("10000 connections need about") && said.contains("open files"),
+        "{said}"
+    );
+
+    // Without the flag, the index takes what fits and says so.
+    let command = format!(
+        "ulimit -n 512 && exec {} --listen 127.0.0.1:0 --in-memory",
+        index_bin()
+    );
+    let index = Proc::spawn("index", "sh", &["-c", &command], &[]);
+    index.wait_stdout("listening on");
+    index.wait_stderr(|l| l.contains("taking 64 connections, not 8192"));
+}
+
+#[test]
+fn an_index_that_can_no_longer_accept_exits_1() {
+    // 170 connections fit in 600 descriptors; a flood of idle ones the warden has yet to
+    // shed does not, and tiny_http's accept thread ends on the first `accept` that fails.
+    let command = format!(
+        "ulimit -n 600 && exec {} --listen 127.0.0.1:0 --in-memory --max-connections 170",
+        index_bin()
+    );
+    let mut index = Proc::spawn("index", "sh", &["-c", &command], &[]);
+    // This process holds many connections of its own: as many as it may, up to 800 (about
+    // 120 past what the index can hold end it).
+    let limit = nap::net::connections::raise_open_files().unwrap();
+    let most = usize::try_from(limit)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(64)
+        .min(800);
+    let line = index.wait_stdout("listening on");
+    let addr = line.rsplit("http://").next().unwrap().to_string();
+    let deadline = Instant::now() + DEADLINE;
+    let mut held = Vec::new();
+    let stderr = loop {
+        let said = index.stderr_lines().join("\n");
+        if said.contains("no longer accepting") {
+            break said;
+        }
+        assert!(Instant::now() < deadline, "the index kept running:\n{said}");
+        match TcpStream::connect(&addr) {
+            Ok(stream) => held.push(stream),
+            // Refused: the listener is gone; the index is stopping.
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+        if held.len() >= most {
+            held.clear();
+        }
+    };
+    drop(held);
+    assert!(stderr.contains("stopped accepting connections"), "{stderr}");
+    assert_eq!(index.wait_exit().code(), Some(1));
+}
+
+#[test]
+fn a_peer_file_server_refuses_past_its_limit_and_closes_idle_connections() {
+    let index = start_index(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    // Big enough that a client that reads nothing holds its download (and its place).
+    std::fs::write(dir.path().join("big.bin"), vec![7u8; 64 << 20]).unwrap();
+    let peer = start_peer(
+        dir.path(),
+        &index.url,
+        true,
+        &["--max-connections", "1", "--idle-timeout", "1"],
+    );
+    poll_until("the file is catalogued", || {
+        (raw_get(&peer.addr, "/files/big.bin").0 == 200).then_some(())
+    });
+    let mut stalled = TcpStream::connect(&peer.addr).unwrap();
+    write!(
+        stalled,
+        // HTTP/1.0: the body comes as it is, not chunked.
+        "GET /files/big.bin HTTP/1.0\r\nHost: x\r\n\r\n"
+    )
+    .unwrap();
+    let (status, _, body) = poll_until("the second request is refused", || {
+        let answer = raw_get(&peer.addr, "/status");
+        (answer.0 == 503).then_some(answer)
+    });
+    assert_eq!(status, 503);
+    assert!(body.contains("too many connections"), "{body}");
+    // The stalled download is in flight: not closed for idleness, however long it waits.
+    let idle = TcpStream::connect(&peer.addr).unwrap();
+    poll_until("the idle connection is closed", || {
+        closed_by_server(&idle).then_some(())
+    });
+    // Now read it: all of it arrives.
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = Vec::new();
+    stalled.read_to_end(&mut answer).unwrap();
+    eprintln!("DBG len {} {}", answer.len(), peer.proc.transcript());
+    let body_at = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(answer.len() - body_at, 64 << 20, "the download was cut");
+    poll_until("the place comes back", || {
+        (raw_get(&peer.addr, "/status").0 == 200).then_some(())
+    });
+}
