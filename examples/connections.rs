@@ -102,18 +102,8 @@ fn open(url: &str, n: usize) -> Vec<TcpStream> {
         .collect()
 }
 
-fn poll<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "timed out waiting until {what}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+fn poll<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    support::poll(what, Duration::from_millis(5), DEADLINE, check)
 }
 
 fn main() {

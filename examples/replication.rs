@@ -245,18 +245,8 @@ fn holders(index: &IndexClient, name: &str) -> Vec<String> {
 }
 
 /// Polls `check` every `every` until it gives a value; panics after the deadline.
-fn poll<T>(what: &str, every: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "timed out waiting until {what}"
-        );
-        std::thread::sleep(every);
-    }
+fn poll<T>(what: &str, every: Duration, check: impl FnMut() -> Option<T>) -> T {
+    support::poll(what, every, DEADLINE, check)
 }
 
 /// What `GET /file` of every name shows: files below `r` up-to-date holders (or listing

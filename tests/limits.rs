@@ -154,13 +154,18 @@ fn idle_connections_past_the_limit_are_shed_and_requests_still_served() {
     assert!(metric(&url, "nap_connections_closed_total{reason=\"over_limit\"}") >= 8.0);
 }
 
-#[test]
-fn a_limit_the_open_file_limit_cannot_hold_is_refused_at_start() {
+/// `nap-index` (in memory, on a free port) with `flags`, allowed `files` open files.
+fn index_with_open_files(files: u32, flags: &str) -> Proc {
     let command = format!(
-        "ulimit -n 512 && exec {} --listen 127.0.0.1:0 --in-memory --max-connections 10000",
+        "ulimit -n {files} && exec {} --listen 127.0.0.1:0 --in-memory {flags}",
         index_bin()
     );
-    let mut index = Proc::spawn("index", "sh", &["-c", &command], &[]);
+    Proc::spawn("index", "sh", &["-c", &command], &[])
+}
+
+#[test]
+fn a_limit_the_open_file_limit_cannot_hold_is_refused_at_start() {
+    let mut index = index_with_open_files(512, "--max-connections 10000");
     let status = index.wait_exit();
     assert_eq!(status.code(), Some(1));
     let said = index.stderr_lines().join("\n");
@@ -170,11 +175,7 @@ fn a_limit_the_open_file_limit_cannot_hold_is_refused_at_start() {
     );
 
     // Without the flag, the index takes what fits and says so.
-    let command = format!(
-        "ulimit -n 512 && exec {} --listen 127.0.0.1:0 --in-memory",
-        index_bin()
-    );
-    let index = Proc::spawn("index", "sh", &["-c", &command], &[]);
+    let index = index_with_open_files(512, "");
     index.wait_stdout("listening on");
     index.wait_stderr(|l| l.contains("taking 64 connections, not 8192"));
 }
@@ -183,11 +184,7 @@ fn a_limit_the_open_file_limit_cannot_hold_is_refused_at_start() {
 fn an_index_that_can_no_longer_accept_exits_1() {
     // 170 connections fit in 600 descriptors; a flood of idle ones the warden has yet to
     // shed does not, and tiny_http's accept thread ends on the first `accept` that fails.
-    let command = format!(
-        "ulimit -n 600 && exec {} --listen 127.0.0.1:0 --in-memory --max-connections 170",
-        index_bin()
-    );
-    let mut index = Proc::spawn("index", "sh", &["-c", &command], &[]);
+    let mut index = index_with_open_files(600, "--max-connections 170");
     // This process holds many connections of its own: as many as it may, up to 800 (about
     // 120 past what the index can hold end it).
     let limit = nap::net::connections::raise_open_files().unwrap();

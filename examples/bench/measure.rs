@@ -307,13 +307,6 @@ fn convergence(settings: &Settings, index_bin: &Path, peer_bin: &Path) -> Vec<Me
 }
 
 /// Polls `check` every millisecond until it gives a value, or panics after `DEADLINE`.
-fn poll<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(started.elapsed() < DEADLINE, "waited too long for {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+fn poll<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    support::poll(what, Duration::from_millis(1), DEADLINE, check)
 }

@@ -426,6 +426,26 @@ pub fn start_pair(fleet: &mut Fleet, bin: &Path, extra: &[String]) -> Pair {
 /// Bound on every wait for a process or a convergence, so a broken build fails, not hangs.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+/// Calls `check` every `every` until it gives a value; panics saying `what` after `deadline`.
+pub fn poll<T>(
+    what: &str,
+    every: Duration,
+    deadline: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "timed out waiting until {what}"
+        );
+        std::thread::sleep(every);
+    }
+}
+
 /// Waits until the process started as `role` answers `/health` at `url` in that role.
 pub fn wait_ready(fleet: &mut Fleet, pid: ProcId, url: &str, role: &str) {
     let client = nap::peer::client::IndexClient::new(vec![url.into()], Duration::from_secs(1));

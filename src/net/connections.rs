@@ -3,8 +3,8 @@
 //! tiny_http 0.12 owns `accept` and gives every connection two file descriptors and a thread
 //! for as long as it stays open, with no hook to count or refuse one and no read timeout. Left
 //! alone, a client that opens connections and sends nothing holds them forever; and once the
-//! process runs out of descriptors, `accept` fails inside tiny_http, whose accept thread
-//! panics: the server stops listening for good while the process lives on.
+//! process runs out of descriptors, `accept` (or the stream's clone) fails inside tiny_http,
+//! whose accept thread ends: the server stops listening for good while the process lives on.
 //!
 //! So the server counts for itself:
 //! - Requests in flight are counted exactly as workers take them (`Connections::begin`). One
