@@ -20,8 +20,11 @@ pub fn serve(peer: &Peer, server: &tiny_http::Server, conns: &Arc<Connections>) 
         match conns.begin(request.remote_addr().copied()) {
             Some(_busy) => answer(peer, request),
             None => {
-                let refusal = conns.refusal();
-                error(request, 503, &refusal);
+                let mut response = error_response(503, &conns.refusal());
+                if let Some(h) = header("Retry-After", "1") {
+                    response.add_header(h);
+                }
+                let _ = request.respond(response);
             }
         }
     }
@@ -31,13 +34,17 @@ fn header(name: &str, value: &str) -> Option<Header> {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
 }
 
-fn error(request: Request, status: u16, message: &str) {
+fn error_response(status: u16, message: &str) -> Response<std::io::Cursor<Vec<u8>>> {
     let body = serde_json::to_string(&ErrorBody::new(message)).unwrap_or_default();
     let mut response = Response::from_string(body).with_status_code(status);
     if let Some(h) = header("Content-Type", "application/json") {
         response.add_header(h);
     }
-    let _ = request.respond(response);
+    response
+}
+
+fn error(request: Request, status: u16, message: &str) {
+    let _ = request.respond(error_response(status, message));
 }
 
 /// A parsed `Range` header: the first and last byte wanted, both inclusive.
