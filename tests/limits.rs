@@ -86,11 +86,18 @@ fn long_poll(url: &str, id: &Id, wait_ms: u64) -> Answer {
 }
 
 /// `long_poll`, sent again while it is refused for want of a place (the test's own probes
-/// take places too).
+/// take places too) or its connection ends unanswered.
 fn long_poll_placed(url: &str, id: &Id, wait_ms: u64) -> Answer {
+    let body = serde_json::json!({"peer_id": id.peer_id, "token": id.token, "wait_ms": wait_ms});
     poll_until("a long poll gets a place", || {
-        let answer = long_poll(url, id, wait_ms);
-        (answer.status != 503).then_some(answer)
+        let response = agent()
+            .post(&format!("{url}/heartbeat"))
+            .header("Content-Type", "application/json")
+            .send(body.to_string().as_bytes())
+            .ok()?;
+        let status = response.status().as_u16();
+        let body = response.into_body().read_to_string().ok()?;
+        (status != 503).then_some(Answer { status, body })
     })
 }
 
@@ -138,15 +145,19 @@ fn idle_connections_are_closed_but_never_one_with_a_request_in_flight() {
     trickle.write_all(b"GET /hea").unwrap();
     std::thread::scope(|s| {
         // A long poll well past the idle timeout must not be cut.
-        let poll = s.spawn(|| long_poll(&url, &id, 5_000));
+        let poll = s.spawn(|| {
+            let sent = Instant::now();
+            (long_poll(&url, &id, 5_000), sent.elapsed())
+        });
         poll_until("the silent connection is closed", || {
             closed_by_server(&silent).then_some(())
         });
         poll_until("the trickling connection is closed", || {
             closed_by_server(&trickle).then_some(())
         });
-        let answer = poll.join().unwrap();
+        let (answer, held) = poll.join().unwrap();
         assert_eq!(answer.status, 200, "{}", answer.body);
+        assert!(held >= Duration::from_secs(3), "held only {held:?}");
     });
     assert!(metric(&url, "nap_connections_closed_total{reason=\"idle\"}") >= 2.0);
 }
@@ -158,13 +169,20 @@ fn idle_connections_past_the_limit_are_shed_and_requests_still_served() {
     let idle: Vec<TcpStream> = (0..12)
         .map(|_| TcpStream::connect(host(&url)).unwrap())
         .collect();
-    let closed = poll_until("the connections past the limit are closed", || {
-        let closed = idle.iter().filter(|s| closed_by_server(s)).count();
-        (closed >= 8).then_some(closed)
+    let closed = |idle: &[TcpStream]| idle.iter().filter(|s| closed_by_server(s)).count();
+    poll_until("the connections past the limit are closed", || {
+        (closed(&idle) >= 8).then_some(())
     });
-    assert!(closed <= 12);
+    // The index counts the 4 left, and leaves them be.
+    poll_until("the index counts 4 open", || {
+        (metric(&url, "nap_connections_open") == 4.0).then_some(())
+    });
+    assert_eq!(closed(&idle), 8);
     assert_eq!(get(&format!("{url}/health")).status, 200);
-    assert!(metric(&url, "nap_connections_closed_total{reason=\"over_limit\"}") >= 8.0);
+    assert_eq!(
+        metric(&url, "nap_connections_closed_total{reason=\"over_limit\"}"),
+        8.0
+    );
 }
 
 /// `nap-index` (in memory, on a free port) with `flags`, allowed `files` open files.
@@ -178,6 +196,10 @@ fn index_with_open_files(files: u32, flags: &str) -> Proc {
 
 #[test]
 fn a_limit_the_open_file_limit_cannot_hold_is_refused_at_start() {
+    if nap::net::connections::raise_open_files().unwrap() < 1024 {
+        eprintln!("skipped: this machine's hard open-file limit is below 1024");
+        return;
+    }
     let mut index = index_with_open_files(512, "--max-connections 10000");
     let status = index.wait_exit();
     assert_eq!(status.code(), Some(1));
@@ -195,6 +217,10 @@ fn a_limit_the_open_file_limit_cannot_hold_is_refused_at_start() {
 
 #[test]
 fn an_index_that_can_no_longer_accept_exits_1() {
+    if nap::net::connections::raise_open_files().unwrap() < 1024 {
+        eprintln!("skipped: this machine's hard open-file limit is below 1024");
+        return;
+    }
     // 170 connections fit in 600 descriptors; a flood of idle ones the warden has yet to
     // shed does not, and tiny_http's accept thread ends on the first `accept` that fails.
     let mut index = index_with_open_files(600, "--max-connections 170");
@@ -230,16 +256,16 @@ fn an_index_that_can_no_longer_accept_exits_1() {
 }
 
 #[test]
-fn a_peer_file_server_refuses_past_its_limit_and_closes_idle_connections() {
+fn a_peer_file_server_refuses_past_its_limit_and_sheds_only_idle_connections() {
     let index = start_index(&[]);
     let dir = tempfile::tempdir().unwrap();
-    // Big enough that a client that reads nothing holds its download (and its place).
+    // Big enough that a client that reads nothing holds its download (and its slot).
     std::fs::write(dir.path().join("big.bin"), vec![7u8; 64 << 20]).unwrap();
     let peer = start_peer(
         dir.path(),
         &index.url,
         true,
-        &["--max-connections", "1", "--idle-timeout", "3"],
+        &["--max-connections", "2", "--upload-slots", "1"],
     );
     get_until("the file is catalogued", &peer.addr, "/files/big.bin", 200);
     let mut stalled = TcpStream::connect(&peer.addr).unwrap();
@@ -261,20 +287,44 @@ fn a_peer_file_server_refuses_past_its_limit_and_closes_idle_connections() {
         answer.extend_from_slice(&chunk[..n]);
     }
     assert!(answer.starts_with(b"HTTP/1.0 200"), "{answer:?}");
-    let (_, headers, body) = get_until("a request is refused", &peer.addr, "/status", 503);
-    assert!(body.contains("too many connections"), "{body}");
-    assert!(
-        headers.contains(&("retry-after".to_string(), "1".to_string())),
-        "{headers:?}"
-    );
-    // The stalled download is in flight: not closed for idleness, however long it waits.
+    // Two more requests: one gets the second place and waits for the slot, the other is
+    // refused at once.
+    let mut two: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(&peer.addr).unwrap();
+            write!(s, "GET /status HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+            s
+        })
+        .collect();
+    let refused = poll_until("one of them is refused", || {
+        two.iter().position(|s| {
+            let mut peek = [0u8; 12];
+            s.set_nonblocking(true).unwrap();
+            matches!(s.peek(&mut peek), Ok(12) if peek.starts_with(b"HTTP/1.0 503"))
+        })
+    });
+    let mut refusal = String::new();
+    two[refused].set_nonblocking(false).unwrap();
+    two[refused].read_to_string(&mut refusal).unwrap();
+    assert!(refusal.contains("too many connections"), "{refusal}");
+    assert!(refusal.contains("Retry-After: 1"), "{refusal}");
+    let mut waiting = two.swap_remove(1 - refused);
+    // Over the limit, an idle connection is shut down; the waiting request and the stalled
+    // download are in flight and are not, however long they wait.
     let idle = TcpStream::connect(&peer.addr).unwrap();
     poll_until("the idle connection is closed", || {
         closed_by_server(&idle).then_some(())
     });
-    // Now read the rest: all of it arrives.
+    // Now read the rest: all of it arrives, then the waiting request is answered.
     stalled.read_to_end(&mut answer).unwrap();
     let body_at = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     assert_eq!(answer.len() - body_at, 64 << 20, "the download was cut");
+    waiting.set_nonblocking(false).unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut status = String::new();
+    waiting.read_to_string(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.0 200"), "{status}");
     get_until("the place comes back", &peer.addr, "/status", 200);
 }

@@ -226,37 +226,26 @@ pub struct Pending {
     reply: Reply,
 }
 
-/// A worker: answers requests until the server is unblocked. An answer that acknowledges an
-/// op goes to the committer when acknowledgements wait for the disk.
-pub fn serve(
-    index: &Index,
-    server: &tiny_http::Server,
-    conns: &std::sync::Arc<Connections>,
-    to_commit: &Sender<Pending>,
-) {
+/// Answers a request that found no place (`--max-connections` in flight): 503, at once.
+pub fn refuse(index: &Index, request: Request, conns: &Connections) {
+    let started = Instant::now();
+    let mut reply = Reply::error(&ApiError::Overloaded(conns.refusal()));
+    reply.endpoint = endpoint(request.url());
+    index
+        .metrics
+        .request(reply.endpoint, reply.status, started.elapsed());
+    log::debug!("{} {} -> refused", request.method(), request.url());
+    if let Err(e) = request.respond(response(reply)) {
+        log::debug!("could not send answer: {e}");
+    }
+}
+
+/// A worker: answers the dispatcher's requests until it stops. An answer that acknowledges
+/// an op goes to the committer when acknowledgements wait for the disk.
+pub fn serve(index: &Index, calls: &Receiver<Call>, to_commit: &Sender<Pending>) {
     let waits = index.acks_wait_for_disk();
-    loop {
-        let request = match server.recv() {
-            Ok(rq) => rq,
-            Err(e) => {
-                log::debug!("worker stops: {e}");
-                return;
-            }
-        };
-        let started = Instant::now();
-        let Some(busy) = conns.begin(request.remote_addr().copied()) else {
-            let mut reply = Reply::error(&ApiError::Overloaded(conns.refusal()));
-            reply.endpoint = endpoint(request.url());
-            index
-                .metrics
-                .request(reply.endpoint, reply.status, started.elapsed());
-            log::debug!("{} {} -> refused", request.method(), request.url());
-            if let Err(e) = request.respond(response(reply)) {
-                log::debug!("could not send answer: {e}");
-            }
-            continue;
-        };
-        let mut request = Call::new(request, busy);
+    while let Ok(mut request) = calls.recv() {
+        let started = request.taken();
         // A bug must cost one answer, not a worker: a panic is answered 500 and logged.
         let handled =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(index, &mut request)));
@@ -279,6 +268,7 @@ pub fn serve(
             commit_one(index, request, reply);
         }
     }
+    log::debug!("worker stops");
 }
 
 /// The committer: waits until the ops of the queued answers are on disk, all of them with

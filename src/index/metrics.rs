@@ -152,9 +152,9 @@ pub fn render(metrics: &Metrics, s: &Snapshot) -> String {
         &mut out,
         "nap_request_duration_seconds",
         "histogram",
-        "Time from a worker taking a request to its answer (a write's answer waits for the \
-         disk; a long poll's wait is not counted), by endpoint and status; _count counts \
-         the requests.",
+        "Time from the server taking a request (its wait for a worker included) to its \
+         answer (a write's answer waits for the disk; a long poll's wait is not counted), by \
+         endpoint and status; _count counts the requests.",
     );
     for ((endpoint, status), histogram) in metrics.requests() {
         let labels = format!("endpoint=\"{}\",status=\"{status}\"", escape(endpoint));

@@ -703,11 +703,14 @@ impl IndexServer {
         let mut threads = Vec::new();
         // Writes are answered by the committer once on disk, so workers never wait for it.
         let (to_commit, committer) = crossbeam_channel::unbounded();
+        let refusing = index.clone();
+        let (dispatcher, calls) =
+            http.spawn_dispatcher(move |request, conns| http::refuse(&refusing, request, conns))?;
+        threads.push(dispatcher);
         for n in 0..workers {
-            let (index, server, to_commit) = (index.clone(), server.clone(), to_commit.clone());
-            let conns = conns.clone();
+            let (index, calls, to_commit) = (index.clone(), calls.clone(), to_commit.clone());
             threads.push(spawn(format!("http-{n}"), move || {
-                http::serve(&index, &server, &conns, &to_commit)
+                http::serve(&index, &calls, &to_commit)
             })?);
         }
         let (fail, failed) = crossbeam_channel::bounded(1);

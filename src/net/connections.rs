@@ -7,14 +7,17 @@
 //! whose accept thread ends: the server stops listening for good while the process lives on.
 //!
 //! So the server counts for itself:
-//! - Requests in flight are counted exactly as workers take them (`Connections::begin`). One
-//!   past `max` is answered 503 at once. Every live nap peer holds one (its long-poll
-//!   heartbeat), so `max` is also how many peers can be connected at a time.
+//! - Requests in flight are counted exactly as the dispatcher takes them from tiny_http
+//!   (`Connections::begin`), waiting for a worker included. One past `max` is answered 503
+//!   at once. Every live nap peer holds one (its long-poll heartbeat), so `max` is also how
+//!   many peers can be connected at a time.
 //! - Open connections are counted by the warden thread, which looks at the process's own
 //!   sockets in `/proc/self/fd` (Linux). A connection with no request in flight is idle; the
 //!   warden shuts it down once idle for `idle_timeout` (which also ends clients that trickle a
 //!   request head), and at once (after a short grace) while more than `max` are open, the
-//!   longest idle first. A connection with a request in flight is never cut.
+//!   longest idle first. A connection with a request in flight is never cut (one whose
+//!   request tiny_http has read but the dispatcher not yet taken looks idle, for
+//!   microseconds unless the machine is starved).
 //! - The descriptor limit is raised to the hard limit at start (as Go's runtime does), and a
 //!   `max` that cannot fit in it is refused at start instead of failing under load.
 //! - If the accept thread ends anyway, the warden notices that the listening socket is gone
@@ -110,6 +113,7 @@ impl Drop for Busy {
 pub struct Call {
     request: tiny_http::Request,
     _busy: Busy,
+    taken: Instant,
 }
 
 impl Call {
@@ -117,7 +121,13 @@ impl Call {
         Call {
             request,
             _busy: busy,
+            taken: Instant::now(),
         }
+    }
+
+    /// When the server took the request (its wait for a worker included in what follows).
+    pub fn taken(&self) -> Instant {
+        self.taken
     }
 
     /// Sends the answer; the place is freed once it is written.
@@ -150,7 +160,8 @@ impl Connections {
             limits,
             in_flight: AtomicUsize::new(0),
             activity: Mutex::new(HashMap::new()),
-            tracking: AtomicBool::new(false),
+            // Where a warden can run, it will: what happens before it starts counts too.
+            tracking: AtomicBool::new(std::path::Path::new("/proc/self/fd").is_dir()),
             open: AtomicUsize::new(0),
             refused: AtomicU64::new(0),
             closed_idle: AtomicU64::new(0),
@@ -214,7 +225,6 @@ impl Connections {
             let _ = stop.recv();
             return;
         };
-        self.tracking.store(true, Ordering::Relaxed);
         let mut on_lost = Some(on_lost);
         let mut pause = SCAN_EVERY;
         loop {
@@ -232,13 +242,16 @@ impl Connections {
                 SCAN_EVERY.max(started.elapsed() * PAUSE_PER_LOOK)
             };
             match looked {
-                Ok(true) => {}
+                Ok(true) => warden.missing = false,
+                // Gone in two looks in a row (one might have raced the descriptor table).
                 Ok(false) => {
-                    if let Some(report) = on_lost.take() {
-                        log::error!(
-                            "the HTTP server stopped accepting connections (its listening socket is gone)"
-                        );
-                        report();
+                    if std::mem::replace(&mut warden.missing, true) {
+                        if let Some(report) = on_lost.take() {
+                            log::error!(
+                                "the HTTP server stopped accepting connections (its listening socket is gone)"
+                            );
+                            report();
+                        }
                     }
                 }
                 Err(e) => {
@@ -273,6 +286,8 @@ struct Warden {
     failing: bool,
     /// The last look left more connections open than the limit (counting fresh ones).
     over_limit: bool,
+    /// The last look did not find the listening socket.
+    missing: bool,
 }
 
 /// Opens the reserve descriptors the warden lets go of when the process runs out.
@@ -323,6 +338,7 @@ impl Warden {
             spare: spares(),
             failing: false,
             over_limit: false,
+            missing: false,
         })
     }
 
@@ -365,7 +381,7 @@ impl Warden {
             } else if let Some((first, _)) = self.fresh.get(&ino) {
                 // Open since the last look: worth a look at what it is.
                 match inspect(fd, ino, self.port) {
-                    Some(peer) => {
+                    Ok(Some(peer)) => {
                         let seen = Seen {
                             peer,
                             first: *first,
@@ -375,8 +391,12 @@ impl Warden {
                         self.ours.insert(ino, seen);
                         live.insert(ino, fd);
                     }
-                    None => {
+                    Ok(None) => {
                         others_live.insert(ino);
+                    }
+                    // Could not tell (no descriptor to spare): ask again next look.
+                    Err(_) => {
+                        fresh.insert(ino, (*first, fd));
                     }
                 }
             } else {
@@ -394,20 +414,21 @@ impl Warden {
 
         // Idle: no request in flight. Since when: the end of its last request, or its accept.
         let now = Instant::now();
+        // The activity lock is held from the check to the shutdown: a request that begins
+        // meanwhile waits, so a connection found idle is still idle when it is shut down.
+        let mut activity = lock(&conns.activity);
+        let peers: HashSet<SocketAddr> = self.ours.values().map(|s| s.peer).collect();
+        activity.retain(|peer, a| a.requests > 0 || peers.contains(peer));
         let mut idle: Vec<(Instant, u64)> = Vec::new();
-        {
-            let mut activity = lock(&conns.activity);
-            let peers: HashSet<SocketAddr> = self.ours.values().map(|s| s.peer).collect();
-            activity.retain(|peer, a| a.requests > 0 || peers.contains(peer));
-            for (ino, seen) in self.ours.iter().filter(|(_, s)| !s.closing) {
-                // The end of its last request is exact; first sight is up to a look late.
-                let since = match activity.get(&seen.peer) {
-                    Some(a) if a.requests > 0 => continue,
-                    Some(a) => a.last,
-                    None => seen.first,
-                };
-                idle.push((since, *ino));
-            }
+        for (ino, seen) in self.ours.iter().filter(|(_, s)| !s.closing) {
+            // The end of its last request, unless the entry is older than the connection
+            // (left by an earlier one from the same address).
+            let since = match activity.get(&seen.peer) {
+                Some(a) if a.requests > 0 => continue,
+                Some(a) => a.last.max(seen.first),
+                None => seen.first,
+            };
+            idle.push((since, *ino));
         }
         idle.sort();
         let mut open = self.ours.values().filter(|s| !s.closing).count();
@@ -435,6 +456,7 @@ impl Warden {
                 seen.closing = true;
             }
         }
+        drop(activity);
         conns.open.store(open, Ordering::Relaxed);
         self.over_limit = open + self.fresh.len() > conns.limits.max;
         if self.spare.is_empty() {
@@ -455,32 +477,46 @@ fn socket_inode(target: &str) -> Option<u64> {
 
 /// A private copy of descriptor `fd`, if it still is socket `ino`. Working on a copy means a
 /// descriptor closed and reused meanwhile is never touched: the copy is checked first.
-fn own_copy(fd: i32, ino: u64) -> Option<std::fs::File> {
-    use std::os::fd::BorrowedFd;
-    use std::os::unix::fs::MetadataExt;
-    // SAFETY: `fd` is only borrowed for the `dup` inside `try_clone_to_owned`. If its owner
-    // closed it meanwhile, `dup` fails (EBADF) or copies whatever now has that number, which
-    // the inode check below rejects; nothing is ever done to `fd` itself.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let copy = std::fs::File::from(borrowed.try_clone_to_owned().ok()?);
-    (copy.metadata().ok()?.ino() == ino).then_some(copy)
+fn own_copy(fd: i32, ino: u64) -> io::Result<Option<std::fs::File>> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    // SAFETY: fcntl only reads the number `fd`; if its owner closed it meanwhile the call
+    // fails (EBADF) or copies whatever now has that number, which the checks below reject.
+    let copied = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if copied < 0 {
+        let e = io::Error::last_os_error();
+        // Gone: not an error. Anything else (no descriptor left): try again next look.
+        return match e.raw_os_error() {
+            Some(libc::EBADF) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: `copied` is a new descriptor that nothing else owns.
+    let copy = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(copied) });
+    let meta = copy.metadata()?;
+    Ok((meta.file_type().is_socket() && meta.ino() == ino).then_some(copy))
 }
 
-/// The peer's address, if `fd` is a connection accepted on `port`.
-fn inspect(fd: i32, ino: u64, port: u16) -> Option<SocketAddr> {
-    let copy = own_copy(fd, ino)?;
+/// The peer's address, if `fd` is a connection accepted on `port`; an error when that
+/// cannot be told now.
+fn inspect(fd: i32, ino: u64, port: u16) -> io::Result<Option<SocketAddr>> {
+    let Some(copy) = own_copy(fd, ino)? else {
+        return Ok(None);
+    };
     let socket = socket2::SockRef::from(&copy);
-    let local = socket.local_addr().ok()?.as_socket()?;
+    let Some(local) = socket.local_addr()?.as_socket() else {
+        return Ok(None);
+    };
     if local.port() != port {
-        return None;
+        return Ok(None);
     }
     // A listening socket has no peer.
-    socket.peer_addr().ok()?.as_socket()
+    Ok(socket.peer_addr().ok().and_then(|peer| peer.as_socket()))
 }
 
 /// Shuts connection `ino` down: tiny_http's reader sees the end and closes it. True if done.
 fn shut_down(fd: i32, ino: u64) -> bool {
-    let Some(copy) = own_copy(fd, ino) else {
+    let Ok(Some(copy)) = own_copy(fd, ino) else {
         return false;
     };
     socket2::SockRef::from(&copy)
@@ -605,6 +641,7 @@ mod tests {
     fn activity_tracks_requests_per_peer() {
         let c = conns(10);
         let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        c.tracking.store(false, Ordering::Relaxed);
         let _untracked = c.begin(Some(peer)).unwrap();
         assert!(lock(&c.activity).is_empty(), "no warden, nothing kept");
         c.tracking.store(true, Ordering::Relaxed);
@@ -643,7 +680,6 @@ mod tests {
             max: 10,
             idle_timeout: Duration::from_millis(300),
         });
-        c.tracking.store(true, Ordering::Relaxed);
         let mut warden = Warden::new(ListenerId::of(&listener).unwrap()).expect("linux");
         let idle_client = std::net::TcpStream::connect(addr).unwrap();
         let busy_client = std::net::TcpStream::connect(addr).unwrap();

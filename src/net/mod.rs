@@ -75,6 +75,34 @@ impl HttpServer {
         })
     }
 
+    /// Starts the dispatcher: the one thread that takes requests from tiny_http, gives each a
+    /// place among those in flight (or hands it to `refuse` when none is left) and queues it
+    /// for the workers. So a request waiting for a worker (an upload slot, say) already counts
+    /// as in flight, and the warden never takes it for idle. It ends when the server is
+    /// unblocked; the workers' channel closes after the last queued request.
+    pub fn spawn_dispatcher(
+        &self,
+        refuse: impl Fn(tiny_http::Request, &Connections) + Send + 'static,
+    ) -> io::Result<(JoinHandle<()>, Receiver<Call>)> {
+        let (to_workers, calls) = crossbeam_channel::unbounded();
+        let (server, conns) = (self.server.clone(), self.conns.clone());
+        let handle = std::thread::Builder::new()
+            .name("dispatch".into())
+            .spawn(move || {
+                while let Ok(request) = server.recv() {
+                    match conns.begin(request.remote_addr().copied()) {
+                        Some(busy) => {
+                            if to_workers.send(Call::new(request, busy)).is_err() {
+                                return;
+                            }
+                        }
+                        None => refuse(request, &conns),
+                    }
+                }
+            })?;
+        Ok((handle, calls))
+    }
+
     /// Starts the warden thread (see `connections`); it ends when `stop` closes, and calls
     /// `on_lost` if the server stops accepting.
     pub fn spawn_warden(

@@ -521,12 +521,14 @@ impl PeerNode {
         let peer = Arc::new(Peer::new(config, addr)?);
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let mut threads = Vec::new();
+        let (dispatcher, calls) = http.spawn_dispatcher(server::refuse)?;
+        threads.push(dispatcher);
         for n in 0..slots {
-            let (peer, server, conns) = (peer.clone(), server.clone(), http.conns.clone());
+            let (peer, calls) = (peer.clone(), calls.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("upload-{n}"))
-                    .spawn(move || server::serve(&peer, &server, &conns))?,
+                    .spawn(move || server::serve(&peer, &calls))?,
             );
         }
         let (fail, failed) = crossbeam_channel::bounded(1);

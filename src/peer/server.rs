@@ -5,29 +5,28 @@
 
 use std::io::{Read, Seek, SeekFrom};
 
-use std::sync::Arc;
-
+use crossbeam_channel::Receiver;
 use tiny_http::{Header, Method, Request, Response, StatusCode};
 
 use super::Peer;
-use crate::net::Connections;
+use crate::net::{Call, Connections};
 use crate::protocol::{self, ErrorBody};
 
-/// A worker: answers requests until the server is unblocked. Each worker streams one file at
-/// a time, so the number of workers is the number of upload slots.
-pub fn serve(peer: &Peer, server: &tiny_http::Server, conns: &Arc<Connections>) {
-    while let Ok(request) = server.recv() {
-        match conns.begin(request.remote_addr().copied()) {
-            Some(_busy) => answer(peer, request),
-            None => {
-                let mut response = error_response(503, &conns.refusal());
-                if let Some(h) = header("Retry-After", "1") {
-                    response.add_header(h);
-                }
-                let _ = request.respond(response);
-            }
-        }
+/// A worker: answers the dispatcher's requests until it stops. Each worker streams one file
+/// at a time, so the number of workers is the number of upload slots.
+pub fn serve(peer: &Peer, calls: &Receiver<Call>) {
+    while let Ok(request) = calls.recv() {
+        answer(peer, request);
     }
+}
+
+/// Answers a request that found no place (`--max-connections` in flight): 503, at once.
+pub fn refuse(request: Request, conns: &Connections) {
+    let mut response = error_response(503, &conns.refusal());
+    if let Some(h) = header("Retry-After", "1") {
+        response.add_header(h);
+    }
+    let _ = request.respond(response);
 }
 
 fn header(name: &str, value: &str) -> Option<Header> {
@@ -43,7 +42,7 @@ fn error_response(status: u16, message: &str) -> Response<std::io::Cursor<Vec<u8
     response
 }
 
-fn error(request: Request, status: u16, message: &str) {
+fn error(request: Call, status: u16, message: &str) {
     let _ = request.respond(error_response(status, message));
 }
 
@@ -90,7 +89,7 @@ pub fn parse_range(value: Option<&str>, len: u64) -> ByteRange {
     }
 }
 
-fn answer(peer: &Peer, request: Request) {
+fn answer(peer: &Peer, request: Call) {
     let store = &peer.store;
     let head = match request.method() {
         Method::Get => false,
