@@ -8,7 +8,7 @@
 //!
 //! So the server counts for itself:
 //! - Requests in flight are counted exactly as the dispatcher takes them from tiny_http
-//!   (`Connections::begin`), waiting for a worker included. One past `max` is answered 503
+//!   (`Connections::take`), waiting for a worker included. One past `max` is answered 503
 //!   at once. Every live nap peer holds one (its long-poll heartbeat), so `max` is also how
 //!   many peers can be connected at a time.
 //! - Open connections are counted by the warden thread, which looks at the process's own
@@ -196,6 +196,22 @@ impl Connections {
             conns: self.clone(),
             peer,
         })
+    }
+
+    /// Takes a place for `request`: the request with its place, or `None` once it has been
+    /// handed to `refuse` (to be answered 503) because no place is left.
+    pub fn take(
+        self: &Arc<Self>,
+        request: tiny_http::Request,
+        refuse: impl FnOnce(tiny_http::Request, &Connections),
+    ) -> Option<Call> {
+        match self.begin(request.remote_addr().copied()) {
+            Some(busy) => Some(Call::new(request, busy)),
+            None => {
+                refuse(request, self);
+                None
+            }
+        }
     }
 
     /// The error a refused request gets.

@@ -90,13 +90,10 @@ impl HttpServer {
             .name("dispatch".into())
             .spawn(move || {
                 while let Ok(request) = server.recv() {
-                    match conns.begin(request.remote_addr().copied()) {
-                        Some(busy) => {
-                            if to_workers.send(Call::new(request, busy)).is_err() {
-                                return;
-                            }
+                    if let Some(call) = conns.take(request, &refuse) {
+                        if to_workers.send(call).is_err() {
+                            return;
                         }
-                        None => refuse(request, &conns),
                     }
                 }
             })?;
