@@ -75,7 +75,8 @@ pub struct Connections {
     limits: Limits,
     in_flight: AtomicUsize,
     activity: Mutex<HashMap<SocketAddr, Activity>>,
-    /// Set once a warden runs: only it prunes `activity`, so without one nothing is kept.
+    /// Where a warden can run (Linux): only it prunes `activity`, so without one nothing is
+    /// kept.
     tracking: AtomicBool,
     open: AtomicUsize,
     refused: AtomicU64,
