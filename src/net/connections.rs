@@ -34,9 +34,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 /// Descriptors a connection costs inside tiny_http: the stream and its clone.
-pub const FDS_PER_CONNECTION: u64 = 2;
+const FDS_PER_CONNECTION: u64 = 2;
 /// Descriptors kept for everything else: logs, snapshots, outgoing connections, downloads.
-pub const FDS_RESERVED: u64 = 256;
+const FDS_RESERVED: u64 = 256;
 /// How often the warden looks at the sockets, at most.
 const SCAN_EVERY: Duration = Duration::from_millis(100);
 /// A look costs a few microseconds per open descriptor; the pause after one is this many
@@ -168,10 +168,6 @@ impl Connections {
             closed_idle: AtomicU64::new(0),
             closed_over_limit: AtomicU64::new(0),
         })
-    }
-
-    pub fn limits(&self) -> Limits {
-        self.limits
     }
 
     /// Takes a place for a request from `peer`, or `None` when `max` are in flight (answer
