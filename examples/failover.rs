@@ -34,9 +34,9 @@ use nap::protocol::{
     self, AnnounceRequest, AnnounceResponse, FileInfoResponse, FileMeta, LeaseRequest,
     LeaseResponse, RegisterRequest, RegisterResponse, StatusResponse,
 };
-use sha2::{Digest, Sha256};
 use support::{
-    get_json, ms, pct, post_json, start_pair, start_primary, Fleet, Pair, ProcId, DEADLINE,
+    first_version, get_json, ms, pct, post_json, sha_hex, start_pair, start_primary, Fleet, Pair,
+    ProcId, DEADLINE,
 };
 
 /// Failover recovery time and shadow lag of a nap-index primary/shadow pair.
@@ -69,11 +69,11 @@ impl FromStr for Part {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Part, String> {
-        match s {
-            "failover" => Ok(Part::Failover),
-            "lag" => Ok(Part::Lag),
-            _ => Err(format!("unknown part {s:?}: use failover or lag")),
-        }
+        support::choose(
+            "part",
+            s,
+            &[("failover", Part::Failover), ("lag", Part::Lag)],
+        )
     }
 }
 
@@ -90,20 +90,6 @@ fn common_args() -> Vec<String> {
     ["--peer-timeout", "3600", "--in-memory"]
         .map(String::from)
         .to_vec()
-}
-
-fn sha_hex(content: &str) -> String {
-    format!("{:x}", Sha256::digest(content.as_bytes()))
-}
-
-/// Version 1 of `name` (content: the name itself).
-fn first_version(name: &str) -> FileMeta {
-    FileMeta {
-        name: name.to_string(),
-        version: 1,
-        size: name.len() as u64,
-        sha256: sha_hex(name),
-    }
 }
 
 fn register(url: &str, port: u16, files: Vec<FileMeta>) -> RegisterResponse {

@@ -46,7 +46,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use support::List;
+use support::{first_version, sha_hex, List};
 
 /// Index load benchmark.
 #[derive(FromArgs)]
@@ -99,14 +99,12 @@ impl FromStr for Rows {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Rows, String> {
-        match s {
-            "requests" => Ok(Rows::Requests),
-            "writes" => Ok(Rows::Writes),
-            "durability" => Ok(Rows::Durability),
-            _ => Err(format!(
-                "unknown rows {s:?}: use requests, writes or durability"
-            )),
-        }
+        let rows = [
+            ("requests", Rows::Requests),
+            ("writes", Rows::Writes),
+            ("durability", Rows::Durability),
+        ];
+        support::choose("rows", s, &rows)
     }
 }
 
@@ -259,20 +257,6 @@ const SHARED_FILE: &str = "bench shared.txt";
 
 fn own_file(client: usize) -> String {
     format!("bench own {client:03}.txt")
-}
-
-fn sha_hex(content: &str) -> String {
-    format!("{:x}", Sha256::digest(content.as_bytes()))
-}
-
-/// Version 1 of `name`, the same content whoever registers it, so writers never conflict.
-fn first_version(name: &str) -> FileMeta {
-    FileMeta {
-        name: name.to_string(),
-        version: 1,
-        size: name.len() as u64,
-        sha256: sha_hex(name),
-    }
 }
 
 /// Why one publish did not happen.
@@ -1261,7 +1245,17 @@ fn snapshot_stall(args: &Args, dir: &std::path::Path) {
     let mut reads = reads;
     reads.sort_unstable();
     let errors: usize = samples.iter().map(|s| s.errors).sum();
-    let slow = |l: &[u64]| l.iter().filter(|&&us| us > 100_000).count();
+    // One table row: latencies in µs, sorted.
+    let row = |client: &str, l: &[u64], errors: usize| {
+        let slow = l.iter().filter(|&&us| us > 100_000).count();
+        println!(
+            "| {client} | {} | {:.2} | {:.2} | {:.1} | {slow} | {errors} |",
+            l.len(),
+            pct(l, 0.5),
+            pct(l, 0.99),
+            pct(l, 1.0)
+        );
+    };
     println!(
         "during snapshots of this state (snapshot_every 1, {:.0} s, {snapshots} snapshots written):",
         STALL_WINDOW.as_secs_f64()
@@ -1269,22 +1263,8 @@ fn snapshot_stall(args: &Args, dir: &std::path::Path) {
     println!();
     println!("| client | requests | p50 ms | p99 ms | max ms | over 100 ms | errors |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    println!(
-        "| 1 writer, lease + announce | {} | {:.2} | {:.2} | {:.1} | {} | {errors} |",
-        publishes.len(),
-        pct(&publishes, 0.5),
-        pct(&publishes, 0.99),
-        pct(&publishes, 1.0),
-        slow(&publishes)
-    );
-    println!(
-        "| 1 reader, GET /status | {} | {:.2} | {:.2} | {:.1} | {} | 0 |",
-        reads.len(),
-        pct(&reads, 0.5),
-        pct(&reads, 0.99),
-        pct(&reads, 1.0),
-        slow(&reads)
-    );
+    row("1 writer, lease + announce", &publishes, errors);
+    row("1 reader, GET /status", &reads, 0);
     if let Some(e) = samples.iter().find_map(|s| s.first_error.as_ref()) {
         println!("\nwriter: first error: {e}");
     }

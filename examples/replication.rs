@@ -104,11 +104,8 @@ impl FromStr for Part {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Part, String> {
-        match s {
-            "convergence" => Ok(Part::Convergence),
-            "churn" => Ok(Part::Churn),
-            _ => Err(format!("unknown part {s:?}: use convergence or churn")),
-        }
+        let parts = [("convergence", Part::Convergence), ("churn", Part::Churn)];
+        support::choose("part", s, &parts)
     }
 }
 

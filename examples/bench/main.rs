@@ -87,11 +87,7 @@ impl FromStr for Part {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Part, String> {
-        match s {
-            "core" => Ok(Part::Core),
-            "sweep" => Ok(Part::Sweep),
-            _ => Err(format!("unknown part {s:?}: use core or sweep")),
-        }
+        support::choose("part", s, &[("core", Part::Core), ("sweep", Part::Sweep)])
     }
 }
 

@@ -423,6 +423,36 @@ pub fn start_pair(fleet: &mut Fleet, bin: &Path, extra: &[String]) -> Pair {
     }
 }
 
+/// SHA-256 of `content`, as the protocol writes it (64 lowercase hex digits).
+pub fn sha_hex(content: &str) -> String {
+    use sha2::Digest;
+    nap::index::state::hex(&sha2::Sha256::digest(content.as_bytes()))
+}
+
+/// Version 1 of `name`, its content the name itself: whoever registers it holds the same
+/// file, so registrations never conflict.
+pub fn first_version(name: &str) -> nap::protocol::FileMeta {
+    nap::protocol::FileMeta {
+        name: name.to_string(),
+        version: 1,
+        size: name.len() as u64,
+        sha256: sha_hex(name),
+    }
+}
+
+/// The value named `s` among `choices` (an `--only` flag's parts), or an error naming them.
+pub fn choose<T: Copy>(what: &str, s: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    if let Some((_, value)) = choices.iter().find(|(name, _)| *name == s) {
+        return Ok(*value);
+    }
+    let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+    let list = match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.join(""),
+    };
+    Err(format!("unknown {what} {s:?}: use {list}"))
+}
+
 /// Bound on every wait for a process or a convergence, so a broken build fails, not hangs.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
