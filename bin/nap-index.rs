@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 use nap::index::{IndexConfig, IndexServer, Role};
+use nap::protocol::base_url;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -92,16 +93,6 @@ struct Args {
 fn usage(message: &str) -> ! {
     eprintln!("nap-index: {message}");
     std::process::exit(2)
-}
-
-/// `http://host:port` from a flag value that may omit the scheme.
-fn base_url(url: &str) -> String {
-    let url = url.trim().trim_end_matches('/');
-    if url.contains("://") {
-        url.to_string()
-    } else {
-        format!("http://{url}")
-    }
 }
 
 fn role(args: &Args) -> Role {

@@ -134,7 +134,7 @@ fn agent(conn: Conn) -> ureq::Agent {
 }
 
 fn meta(peer: usize, file: usize) -> FileMeta {
-    let sha = nap::peer::files::sha256_of(format!("{peer}/{file}").as_bytes()).unwrap_or_default();
+    let sha = nap::hashing::sha256_of(format!("{peer}/{file}").as_bytes()).unwrap_or_default();
     FileMeta {
         name: format!("track {file:02} of peer {peer}.mp3"),
         version: 1,

@@ -4,10 +4,14 @@
 //! their shared folder, search the index and download directly from each other, verifying every
 //! byte against the SHA-256 the index records. `protocol` holds the wire types both sides share.
 
+pub mod clock;
+pub mod hashing;
+pub mod ids;
 pub mod index;
 pub mod net;
 pub mod peer;
 pub mod protocol;
+pub mod threads;
 
 /// Logs to stderr at `default`, or at the level `RUST_LOG` names.
 pub fn init_logging(default: log::LevelFilter) {

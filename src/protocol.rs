@@ -88,6 +88,9 @@ pub struct Rejected {
     /// The status this file alone would have got: 409, a conflict with the index's history.
     #[serde(default = "conflict_status")]
     pub status: u16,
+    /// What kind of refusal, for programs: `conflict`, `version_gap` or `lease_required`.
+    #[serde(default)]
+    pub code: ErrorCode,
 }
 
 fn conflict_status() -> u16 {
@@ -364,11 +367,91 @@ pub struct ShadowState {
     pub error: Option<String>,
 }
 
+/// What went wrong, for programs: every error answer of the index and of the peers' file
+/// servers carries one (`code` in [`ErrorBody`]), so a client decides by it, not by the
+/// status number (two 403s, a shadow's and a bad lease's, mean different things) nor by the
+/// message, which is for people. A code this version does not know reads as `unknown`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is malformed or breaks an input rule (400).
+    BadRequest,
+    /// Wrong token for the peer id, or no cluster secret (401).
+    BadToken,
+    /// Not allowed here, e.g. `/sync` sent to a primary (403).
+    Forbidden,
+    /// A write sent to a read-only shadow; `primary` says where to go (403).
+    ReadOnly,
+    /// The index does not know this peer (any more): register again (404).
+    UnknownPeer,
+    /// No such file, version or endpoint (404).
+    NotFound,
+    /// The endpoint takes other methods; `Allow` lists them (405).
+    MethodNotAllowed,
+    /// The claim contradicts the index's history: other content under a known version (409).
+    Conflict,
+    /// A version that skips versions after the latest known (409).
+    VersionGap,
+    /// A new version published without a lease (409).
+    LeaseRequired,
+    /// Another peer holds the file's lease; `holder` and `remaining_ms` say who and how
+    /// long (409).
+    LeaseHeld,
+    /// No such lease: never granted, released, used, or expired and swept (409).
+    LeaseUnknown,
+    /// The lease ran out (409).
+    LeaseExpired,
+    /// The lease is for another file (409).
+    LeaseOtherFile,
+    /// The lease belongs to another peer (403).
+    LeaseNotYours,
+    /// The body is larger than the server takes (413).
+    TooLarge,
+    /// A list is longer than the server takes in one request (413).
+    TooMany,
+    /// The range asked of a file cannot be served (416).
+    RangeNotSatisfiable,
+    /// The server cannot do this now, e.g. its log cannot be written (503).
+    Unavailable,
+    /// As many requests as the server takes are in flight; try again after `Retry-After` (503).
+    Overloaded,
+    /// A bug on the server's side (500).
+    Internal,
+    /// A code from a newer version, or an answer that was not nap's.
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// The HTTP status an answer with this code carries.
+    pub fn status(self) -> u16 {
+        use ErrorCode::*;
+        match self {
+            BadRequest => 400,
+            BadToken => 401,
+            Forbidden | ReadOnly | LeaseNotYours => 403,
+            UnknownPeer | NotFound => 404,
+            MethodNotAllowed => 405,
+            Conflict | VersionGap | LeaseRequired | LeaseHeld | LeaseUnknown | LeaseExpired
+            | LeaseOtherFile => 409,
+            TooLarge | TooMany => 413,
+            RangeNotSatisfiable => 416,
+            Unavailable | Overloaded => 503,
+            Internal | Unknown => 500,
+        }
+    }
+}
+
 /// Body of every error answer from the index and the peers' file servers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
+    /// What went wrong and what to do, for people.
     pub error: String,
-    /// Set on answers to a peer the index does not know: the peer must register again.
+    #[serde(default)]
+    pub code: ErrorCode,
+    /// Set on answers to a peer the index does not know: the peer must register again
+    /// (the same as `code` `unknown_peer`; kept for clients older than `code`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reregister: bool,
     /// On a refused lease: the peer holding it, and how long it still runs.
@@ -382,10 +465,11 @@ pub struct ErrorBody {
 }
 
 impl ErrorBody {
-    pub fn new(error: impl Into<String>) -> ErrorBody {
+    pub fn new(code: ErrorCode, error: impl Into<String>) -> ErrorBody {
         ErrorBody {
             error: error.into(),
-            reregister: false,
+            code,
+            reregister: code == ErrorCode::UnknownPeer,
             holder: None,
             remaining_ms: None,
             primary: None,
@@ -393,52 +477,112 @@ impl ErrorBody {
     }
 }
 
+/// `http://host:port` from what a user typed: spaces and trailing slashes go, a missing
+/// scheme is taken to be `http://`. Every base URL nap is given goes through here.
+pub fn base_url(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    }
+}
+
+/// Why a file name breaks the rule both sides share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadName {
+    Empty,
+    /// Longer than the limit (its length in bytes, the limit).
+    TooLong(usize, usize),
+    Slash,
+    Backslash,
+    Control,
+    LeadingDot,
+}
+
+impl std::fmt::Display for BadName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadName::Empty => f.write_str("file name is empty"),
+            BadName::TooLong(len, max) => {
+                write!(f, "file name is {len} bytes long; the limit is {max}")
+            }
+            BadName::Slash => f.write_str("file name contains '/'"),
+            BadName::Backslash => f.write_str("file name contains '\\'"),
+            BadName::Control => {
+                f.write_str("file name contains a control character (NUL, newline, ...)")
+            }
+            BadName::LeadingDot => f.write_str("file name starts with '.'"),
+        }
+    }
+}
+
+impl std::error::Error for BadName {}
+
+/// Why a file entry sent by a peer cannot be taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadMeta {
+    Name(BadName),
+    /// The sha256 is not 64 lowercase hex digits (the file's name).
+    Sha256(String),
+    /// Version 0 (the file's name): versions start at 1.
+    VersionZero(String),
+}
+
+impl std::fmt::Display for BadMeta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadMeta::Name(e) => write!(f, "{e}"),
+            BadMeta::Sha256(name) => write!(f, "{name}: {BAD_SHA256}"),
+            BadMeta::VersionZero(name) => write!(f, "{name}: versions start at 1"),
+        }
+    }
+}
+
+impl std::error::Error for BadMeta {}
+
+const BAD_SHA256: &str = "sha256 must be 64 lowercase hex digits";
+
 /// Checks a file name against the rule both sides share: one plain path component that
-/// cannot escape a directory or hide from a listing. `Err` says what is wrong.
-pub fn validate_file_name(name: &str) -> Result<(), String> {
+/// cannot escape a directory or hide from a listing.
+pub fn validate_file_name(name: &str) -> Result<(), BadName> {
     if name.is_empty() {
-        return Err("file name is empty".into());
+        return Err(BadName::Empty);
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(format!(
-            "file name is {} bytes long; the limit is {MAX_NAME_LEN}",
-            name.len()
-        ));
+        return Err(BadName::TooLong(name.len(), MAX_NAME_LEN));
     }
     if name.contains('/') {
-        return Err("file name contains '/'".into());
+        return Err(BadName::Slash);
     }
     if name.contains('\\') {
-        return Err("file name contains '\\'".into());
+        return Err(BadName::Backslash);
     }
     if name.chars().any(char::is_control) {
-        return Err("file name contains a control character (NUL, newline, ...)".into());
+        return Err(BadName::Control);
     }
     if name.starts_with('.') {
         // Covers "." and "..", and keeps the peer's private `.nap` folder unreachable.
-        return Err("file name starts with '.'".into());
+        return Err(BadName::LeadingDot);
     }
     Ok(())
 }
 
-/// Checks that `s` looks like a SHA-256 digest in lowercase hex.
-pub fn validate_sha256(s: &str) -> Result<(), String> {
-    if s.len() == 64
+/// Whether `s` looks like a SHA-256 digest in lowercase hex.
+pub fn is_sha256(s: &str) -> bool {
+    s.len() == 64
         && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        Ok(())
-    } else {
-        Err("sha256 must be 64 lowercase hex digits".into())
-    }
 }
 
 /// Checks a whole file entry as sent by a peer.
-pub fn validate_file_meta(meta: &FileMeta) -> Result<(), String> {
-    validate_file_name(&meta.name)?;
-    validate_sha256(&meta.sha256).map_err(|e| format!("{}: {e}", meta.name))?;
+pub fn validate_file_meta(meta: &FileMeta) -> Result<(), BadMeta> {
+    validate_file_name(&meta.name).map_err(BadMeta::Name)?;
+    if !is_sha256(&meta.sha256) {
+        return Err(BadMeta::Sha256(meta.name.clone()));
+    }
     if meta.version == 0 {
-        return Err(format!("{}: versions start at 1", meta.name));
+        return Err(BadMeta::VersionZero(meta.name.clone()));
     }
     Ok(())
 }
@@ -522,8 +666,30 @@ mod tests {
 
     #[test]
     fn sha_shape_is_checked() {
-        assert!(validate_sha256(&"a".repeat(64)).is_ok());
-        assert!(validate_sha256(&"A".repeat(64)).is_err());
-        assert!(validate_sha256("abc").is_err());
+        assert!(is_sha256(&"a".repeat(64)));
+        assert!(!is_sha256(&"A".repeat(64)));
+        assert!(!is_sha256("abc"));
+    }
+
+    #[test]
+    fn error_codes_read_back_and_unknown_ones_do_not_fail() {
+        let body = ErrorBody::new(ErrorCode::UnknownPeer, "who?");
+        let json = serde_json::to_string(&body).unwrap();
+        assert!(json.contains(r#""code":"unknown_peer""#), "{json}");
+        assert!(json.contains(r#""reregister":true"#), "{json}");
+        let back: ErrorBody = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.code, ErrorCode::UnknownPeer);
+        let newer: ErrorBody =
+            serde_json::from_str(r#"{"error":"x","code":"from_the_future"}"#).unwrap();
+        assert_eq!(newer.code, ErrorCode::Unknown);
+        let older: ErrorBody = serde_json::from_str(r#"{"error":"x"}"#).unwrap();
+        assert_eq!(older.code, ErrorCode::Unknown);
+        assert_eq!(ErrorCode::LeaseHeld.status(), 409);
+    }
+
+    #[test]
+    fn base_urls_are_normalised() {
+        assert_eq!(base_url(" 127.0.0.1:7070/ "), "http://127.0.0.1:7070");
+        assert_eq!(base_url("https://x:1//"), "https://x:1");
     }
 }

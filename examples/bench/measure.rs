@@ -221,7 +221,7 @@ fn convergence(settings: &Settings, index_bin: &Path, peer_bin: &Path) -> Vec<Me
     for trial in 0..settings.samples {
         let name = format!("convergence {trial:03}.bin");
         let content = rng.bytes(size);
-        let sha = nap::peer::files::sha256_of(&content[..]).expect("hashing memory");
+        let sha = nap::hashing::sha256_of(&content[..]).expect("hashing memory");
         let source = trial % PEERS;
         fs::write(staging.join(&name), &content).expect("a staged file");
 
@@ -246,7 +246,7 @@ fn convergence(settings: &Settings, index_bin: &Path, peer_bin: &Path) -> Vec<Me
                 let path = dir.join(&name);
                 // The peer installs a copy by renaming it into place: present means complete.
                 if fs::metadata(&path).is_ok_and(|m| m.len() == size as u64) {
-                    let on_disk = fs::File::open(&path).and_then(nap::peer::files::sha256_of);
+                    let on_disk = fs::File::open(&path).and_then(nap::hashing::sha256_of);
                     if on_disk.is_ok_and(|s| s == sha) {
                         verified[n] = true;
                     } else {

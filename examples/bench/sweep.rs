@@ -353,7 +353,7 @@ fn group_file(group: usize, k: usize) -> String {
 }
 
 fn sha_of(text: &str) -> String {
-    nap::peer::files::sha256_of(text.as_bytes()).unwrap_or_default()
+    nap::hashing::sha256_of(text.as_bytes()).unwrap_or_default()
 }
 
 pub fn version_meta(name: &str, version: u64) -> FileMeta {

@@ -425,8 +425,7 @@ pub fn start_pair(fleet: &mut Fleet, bin: &Path, extra: &[String]) -> Pair {
 
 /// SHA-256 of `content`, as the protocol writes it (64 lowercase hex digits).
 pub fn sha_hex(content: &str) -> String {
-    use sha2::Digest;
-    nap::index::state::hex(&sha2::Sha256::digest(content.as_bytes()))
+    nap::hashing::sha256_hex(content.as_bytes())
 }
 
 /// Version 1 of `name`, its content the name itself: whoever registers it holds the same
@@ -524,7 +523,7 @@ pub fn wait_in_sync(purl: &str, surl: &str) -> bool {
 
 /// An HTTP agent like nap's own: one request per connection, bounded phases.
 pub fn agent() -> ureq::Agent {
-    nap::peer::client::http_agent(Duration::from_secs(1), Duration::from_secs(5))
+    nap::net::http_agent(Duration::from_secs(1), Duration::from_secs(5))
 }
 
 /// Reads a 200 answer as JSON; anything else is an error with the status and body.

@@ -17,7 +17,7 @@ use super::state::{hash_token, Op, Outcome, StateError};
 use super::sync::{self, SyncRequest};
 use super::{dashboard, metrics, replicate, Index, Role, SubmitError};
 use crate::protocol::{
-    self, AnnounceRequest, AnnounceResponse, ErrorBody, FileInfoResponse, FileMeta,
+    self, AnnounceRequest, AnnounceResponse, ErrorBody, ErrorCode, FileInfoResponse, FileMeta,
     HeartbeatRequest, HeartbeatResponse, HolderVersion, LeaseIdRequest, LeaseInfo, LeaseRequest,
     LeaseResponse, RegisterRequest, RegisterResponse, Rejected, ReleaseResponse, SearchResponse,
     StatusResponse, UnregisterRequest, VersionEntry,
@@ -54,18 +54,27 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn status(&self) -> u16 {
+    fn code(&self) -> ErrorCode {
         match self {
-            ApiError::BadRequest(_) => 400,
-            ApiError::BadToken(_) => 401,
-            ApiError::Forbidden(_) | ApiError::ReadOnly { .. } => 403,
-            ApiError::UnknownPeer(_) | ApiError::NotFound(_) => 404,
-            ApiError::MethodNotAllowed(_) => 405,
-            ApiError::Conflict(_) | ApiError::LeaseHeld { .. } => 409,
-            ApiError::TooLarge(_) | ApiError::TooMany(_) => 413,
-            ApiError::Unavailable(_) | ApiError::Overloaded(_) => 503,
-            ApiError::Internal(_) => 500,
+            ApiError::BadRequest(_) => ErrorCode::BadRequest,
+            ApiError::BadToken(_) => ErrorCode::BadToken,
+            ApiError::Forbidden(_) => ErrorCode::Forbidden,
+            ApiError::ReadOnly { .. } => ErrorCode::ReadOnly,
+            ApiError::UnknownPeer(_) => ErrorCode::UnknownPeer,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
+            ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::LeaseHeld { .. } => ErrorCode::LeaseHeld,
+            ApiError::TooLarge(_) => ErrorCode::TooLarge,
+            ApiError::TooMany(_) => ErrorCode::TooMany,
+            ApiError::Unavailable(_) => ErrorCode::Unavailable,
+            ApiError::Overloaded(_) => ErrorCode::Overloaded,
+            ApiError::Internal(_) => ErrorCode::Internal,
         }
+    }
+
+    fn status(&self) -> u16 {
+        self.code().status()
     }
 
     fn body(&self) -> ErrorBody {
@@ -85,8 +94,7 @@ impl ApiError {
             ApiError::TooLarge(max) => format!("request body is larger than {max} bytes"),
             ApiError::ReadOnly { .. } => "read-only shadow".to_string(),
         };
-        let mut body = ErrorBody::new(error);
-        body.reregister = matches!(self, ApiError::UnknownPeer(_));
+        let mut body = ErrorBody::new(self.code(), error);
         if let ApiError::LeaseHeld {
             holder,
             remaining_ms,
@@ -572,7 +580,7 @@ fn validate_files(index: &Index, files: &[FileMeta]) -> Result<(), ApiError> {
     let mut seen = std::collections::HashSet::with_capacity(files.len());
     for f in files {
         validate_name(index, &f.name)?;
-        protocol::validate_file_meta(f).map_err(ApiError::BadRequest)?;
+        protocol::validate_file_meta(f).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         if !seen.insert(f.name.as_str()) {
             return Err(ApiError::BadRequest(format!("{} is listed twice", f.name)));
         }
@@ -603,7 +611,7 @@ fn register(index: &Index, rq: RegisterRequest) -> Result<Reply, ApiError> {
         (Some(id), Some(token)) => (id, token),
         (None, None) => {
             let fresh = |n| {
-                crate::net::random_hex(n)
+                crate::ids::Ids::hex(&crate::ids::OsRandom, n)
                     .map_err(|e| ApiError::Internal(format!("no randomness for ids: {e}")))
             };
             (fresh(8)?, fresh(16)?)
@@ -717,7 +725,7 @@ fn announce(index: &Index, rq: AnnounceRequest) -> Result<Reply, ApiError> {
         sha256: rq.sha256,
     };
     validate_name(index, &file.name)?;
-    protocol::validate_file_meta(&file).map_err(ApiError::BadRequest)?;
+    protocol::validate_file_meta(&file).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     if let Some(id) = &rq.lease_id {
         validate_lease_id(id)?;
     }
@@ -810,7 +818,7 @@ fn lease_reply(index: &Index, lease: &Lease, latest: FileMeta) -> Reply {
 fn lease(index: &Index, rq: LeaseRequest) -> Result<Reply, ApiError> {
     let token_hash = credentials(&rq.peer_id, &rq.token)?;
     validate_name(index, &rq.file)?;
-    let lease_id = crate::net::random_hex(16)
+    let lease_id = crate::ids::Ids::hex(&crate::ids::OsRandom, 16)
         .map_err(|e| ApiError::Internal(format!("no randomness for lease ids: {e}")))?;
     let (outcome, seq) = index.submit_nowait(Op::AcquireLease {
         peer_id: rq.peer_id,

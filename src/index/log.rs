@@ -15,6 +15,7 @@
 //! mid-write) is cut off with a warning; damage anywhere else stops the start with the file
 //! and offset, since skipping it would silently lose acknowledged writes.
 
+use crate::threads::lock;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -305,7 +306,7 @@ impl DiskLog {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner)
     }
 
     pub fn fsync(&self) -> Fsync {
@@ -352,10 +353,7 @@ impl DiskLog {
 
     /// The durations of the log's writes with fsync so far.
     pub fn fsync_times(&self) -> super::metrics::Histogram {
-        self.fsync_times
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.fsync_times).clone()
     }
 
     /// Writes what is queued and fsyncs the log whatever `--fsync` says: for a clean stop.
@@ -411,10 +409,7 @@ impl DiskLog {
             Ok(())
         });
         if sync && written.is_ok() {
-            self.fsync_times
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .observe(started.elapsed());
+            lock(&self.fsync_times).observe(started.elapsed());
         }
         let mut inner = self.lock();
         inner.writing = false;

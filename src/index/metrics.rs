@@ -2,6 +2,7 @@
 //! 0.0.4). Request latencies are histograms per endpoint and status, recorded by the HTTP
 //! edge; everything else is read from the index when scraped.
 
+use crate::threads::lock;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
@@ -76,19 +77,14 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn request(&self, endpoint: &'static str, status: u16, took: Duration) {
-        self.requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        lock(&self.requests)
             .entry((endpoint, status))
             .or_default()
             .observe(took);
     }
 
     fn requests(&self) -> BTreeMap<(&'static str, u16), Histogram> {
-        self.requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.requests).clone()
     }
 }
 

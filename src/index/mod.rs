@@ -18,6 +18,7 @@ pub mod state;
 pub mod sweep;
 pub mod sync;
 
+use crate::threads::{lock, read, write};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -176,7 +177,7 @@ impl Index {
     /// replayed after it (peers known from it get a fresh peer timeout to show up again).
     pub fn new(config: IndexConfig, clock: fn() -> Millis) -> io::Result<Self> {
         let epoch = match config.role {
-            Role::Primary { .. } => crate::net::random_hex(8)?,
+            Role::Primary { .. } => crate::ids::Ids::hex(&crate::ids::OsRandom, 8)?,
             Role::Shadow { .. } => String::new(),
         };
         let empty = |epoch: String| IndexState::with_capacity(1024, 16 * 1024).with_epoch(epoch);
@@ -246,7 +247,7 @@ impl Index {
     /// shadow never mixes two primaries' ops), with every peer given a fresh peer timeout.
     fn recover(&mut self, snapshot: Snapshot) -> io::Result<()> {
         let mut state = IndexState::restore(Snapshot {
-            epoch: crate::net::random_hex(8)?,
+            epoch: crate::ids::Ids::hex(&crate::ids::OsRandom, 8)?,
             ..snapshot
         });
         state.touch_all((self.clock)());
@@ -258,7 +259,7 @@ impl Index {
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, IndexState> {
-        self.state.write().unwrap_or_else(|e| e.into_inner())
+        write(&self.state)
     }
 
     /// Applies `op` to `state` (write-locked by the caller) and logs it for the shadows.
@@ -341,7 +342,7 @@ impl Index {
 
     /// The copy tasks in flight (the planner's books).
     pub fn flight(&self) -> MutexGuard<'_, InFlight> {
-        self.flight.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.flight)
     }
 
     /// Everything `peer_id` should be doing: refresh its stale files, and its copies; at most
@@ -397,10 +398,7 @@ impl Index {
     }
 
     pub fn set_under_replicated(&self, files: Vec<crate::protocol::UnderReplicatedFile>) {
-        *self
-            .under_replicated
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = files;
+        *lock(&self.under_replicated) = files;
     }
 
     /// The planner's last count of under-replicated files, and the first `max` of them.
@@ -408,10 +406,7 @@ impl Index {
         &self,
         max: usize,
     ) -> (usize, Vec<crate::protocol::UnderReplicatedFile>) {
-        let files = self
-            .under_replicated
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let files = lock(&self.under_replicated);
         (files.len(), files.iter().take(max).cloned().collect())
     }
 
@@ -464,7 +459,7 @@ impl Index {
 
     /// Read access for searches and status; readers wait for at most one `apply`.
     pub fn read(&self) -> RwLockReadGuard<'_, IndexState> {
-        self.state.read().unwrap_or_else(|e| e.into_inner())
+        read(&self.state)
     }
 
     /// Removes the peers silent for longer than the peer timeout; returns their ids.
@@ -509,7 +504,7 @@ impl Index {
 
     fn apply_sync_locked(&self, rq: SyncRequest) -> SyncResponse {
         let mut state = self.write();
-        *self.last_sync.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        *lock(&self.last_sync) = Some(Instant::now());
         if state.epoch() != rq.epoch {
             if state.seq() == 0 && state.peer_count() == 0 {
                 // An empty state is the beginning of every history.
@@ -608,10 +603,7 @@ impl Index {
 
     /// Shadow: time since the primary last pushed.
     pub fn since_last_sync(&self) -> Option<Duration> {
-        self.last_sync
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .map(|t| t.elapsed())
+        lock(&self.last_sync).map(|t| t.elapsed())
     }
 
     pub fn uptime(&self) -> Duration {
@@ -627,6 +619,10 @@ pub struct IndexServer {
     threads: Vec<JoinHandle<()>>,
     index: Arc<Index>,
     failed: Receiver<()>,
+}
+
+fn wall_now() -> Millis {
+    crate::clock::Clock::now_ms(&*crate::clock::SystemClock::shared())
 }
 
 fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> io::Result<JoinHandle<()>> {
@@ -650,7 +646,7 @@ impl IndexServer {
         }
         // The data is loaded before the port opens: while it loads, clients are refused at
         // once (and fail over) instead of waiting on a connection nobody answers.
-        let mut index = Index::new(config.clone(), crate::net::now_ms)?;
+        let mut index = Index::new(config.clone(), wall_now)?;
         let http = crate::net::HttpServer::start(
             &config.listen,
             crate::net::Limits {

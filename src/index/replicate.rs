@@ -8,6 +8,7 @@
 //! waiting peers hold no worker thread. A parked request is answered as soon as the planner
 //! gives its peer a task, or with no task when its wait is over.
 
+use crate::threads::lock;
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -46,7 +47,7 @@ pub struct Waiters {
 
 impl Waiters {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Parked>> {
-        self.parked.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.parked)
     }
 
     /// Holds `request` until a task for `peer_id` appears or `wait` is over. A request of the

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::lease::{Lease, LeaseError, LeaseTable};
+use crate::hashing::{hex, sha256_hex};
 use crate::protocol::{FileMeta, Holder, Rejected, SearchResult};
 
 /// Milliseconds since the Unix epoch, as handed in by the caller.
@@ -240,16 +241,7 @@ pub fn tokenize(text: &str) -> impl Iterator<Item = String> + '_ {
 
 /// The form in which a peer's secret token is kept: the index never stores the token itself.
 pub fn hash_token(token: &str) -> String {
-    hex(&Sha256::digest(token.as_bytes()))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
+    sha256_hex(token.as_bytes())
 }
 
 impl IndexState {
@@ -755,6 +747,7 @@ impl IndexState {
                         name: file.name,
                         reason,
                         status: 409,
+                        code: crate::protocol::ErrorCode::Conflict,
                     });
                 }
             }
@@ -883,7 +876,7 @@ pub(crate) mod tests {
             name: name.into(),
             version,
             size: content.len() as u64,
-            sha256: hex(&Sha256::digest(content.as_bytes())),
+            sha256: sha256_hex(content.as_bytes()),
         }
     }
 

@@ -16,11 +16,13 @@
 //! without a sequence number, and each push carries the primary's liveness table at most once
 //! per heartbeat interval.
 
+use crate::threads::lock;
+use crate::threads::stopped;
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::Receiver;
 use serde::{Deserialize, Serialize};
 
 use super::state::{Millis, Op, Snapshot};
@@ -100,7 +102,7 @@ impl OpLog {
     }
 
     fn lock(&self) -> MutexGuard<'_, Kept> {
-        self.ops.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.ops)
     }
 
     /// Appends the op just applied. Called under the state's write lock, so the log is in
@@ -166,7 +168,7 @@ impl ShadowLink {
     }
 
     pub fn status(&self, primary_seq: u64) -> ShadowState {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = lock(&self.state);
         let mut status = state.0.clone();
         status.lag = primary_seq.saturating_sub(status.acked_seq);
         status.last_ack_ms_ago = state.1.map(|t| t.elapsed().as_millis() as u64);
@@ -174,7 +176,7 @@ impl ShadowLink {
     }
 
     fn record(&self, outcome: Result<u64, String>) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = lock(&self.state);
         match outcome {
             Ok(seq) => {
                 state.0.acked_seq = seq;
@@ -189,12 +191,7 @@ impl ShadowLink {
 /// An HTTP agent for replication: one request per connection (see BENCHMARKS.md), bounded
 /// phases, and large bodies allowed (snapshots).
 fn agent(timeout: Duration) -> ureq::Agent {
-    crate::peer::client::http_agent(timeout / 4, timeout)
-}
-
-/// Waits `wait`; true when `stop` was closed meanwhile.
-fn stopped(stop: &Receiver<()>, wait: Duration) -> bool {
-    !matches!(stop.recv_timeout(wait), Err(RecvTimeoutError::Timeout))
+    crate::net::http_agent(timeout / 4, timeout)
 }
 
 /// The pusher for one shadow: loops until `stop` closes.

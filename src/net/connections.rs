@@ -23,6 +23,7 @@
 //! - If the accept thread ends anyway, the warden notices that the listening socket is gone
 //!   and reports it, so the process can stop and be restarted rather than sit deaf.
 
+use crate::threads::lock;
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
@@ -148,11 +149,6 @@ impl DerefMut for Call {
     fn deref_mut(&mut self) -> &mut tiny_http::Request {
         &mut self.request
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The maps stay consistent whatever panicked while holding them.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Connections {

@@ -1,4 +1,5 @@
-//! Socket set-up shared by the index and the peers' file servers, and the wall clock.
+//! Socket set-up shared by the index and the peers' file servers, and the HTTP client agent
+//! their calls to each other use.
 //!
 //! Why a hand-built listener: `std::net::TcpListener::bind` listens with a backlog of 128, and
 //! a burst of a few hundred peers connecting at once overflows it (clients then retry only
@@ -17,7 +18,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 
@@ -128,18 +129,20 @@ pub fn signals(mut signals: signal_hook::iterator::Signals) -> Receiver<i32> {
     rx
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis() as u64
-}
-
-/// `n` random bytes from the OS, as lowercase hex: peer ids, tokens, temp names.
-pub fn random_hex(n: usize) -> io::Result<String> {
-    use std::io::Read;
-    let mut buf = vec![0u8; n];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
-    Ok(crate::index::state::hex(&buf))
+/// An HTTP client agent with per-phase timeouts, for calls between nap's processes (peers to
+/// the index, the index to its shadows): `connect` for the connection, `answer` for each
+/// phase after it. ureq's global and per-call timeouts start a resolver thread per request,
+/// so they are left unset; no connection is kept for reuse (see `peer::client`).
+pub fn http_agent(connect: Duration, answer: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(connect))
+        .timeout_send_request(Some(answer))
+        .timeout_send_body(Some(answer))
+        .timeout_recv_response(Some(answer))
+        .timeout_recv_body(Some(answer))
+        .max_idle_connections(0)
+        .user_agent(concat!("nap/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into()
 }

@@ -3,11 +3,13 @@
 //! have lost track of us, returns to the primary index once it answers again, and hands the
 //! copy tasks the index sends to the task worker.
 
+use crate::threads::lock;
+use crate::threads::stopped;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::Peer;
 use crate::protocol::{FileMeta, Task};
@@ -68,10 +70,6 @@ pub struct TaskInbox {
     pending: Arc<Mutex<HashSet<String>>>,
 }
 
-fn lock(set: &Mutex<HashSet<String>>) -> MutexGuard<'_, HashSet<String>> {
-    set.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// How long to wait before retrying when no index answers.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -130,11 +128,6 @@ pub fn run_scanner(peer: &Peer, stop: &Receiver<()>) {
             log::warn!("rescan of {} failed: {e}", peer.store.dir().display());
         }
     }
-}
-
-/// Waits `wait`; true when `stop` was closed meanwhile.
-fn stopped(stop: &Receiver<()>, wait: Duration) -> bool {
-    !matches!(stop.recv_timeout(wait), Err(RecvTimeoutError::Timeout))
 }
 
 /// Registers the whole file list and queues the tasks that come back; false on failure.

@@ -64,22 +64,6 @@ impl std::fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
-/// An HTTP agent with per-phase timeouts. (ureq's global and per-call timeouts start a
-/// resolver thread per request, so they are left unset.)
-pub fn http_agent(connect: Duration, answer: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_connect(Some(connect))
-        .timeout_send_request(Some(answer))
-        .timeout_send_body(Some(answer))
-        .timeout_recv_response(Some(answer))
-        .timeout_recv_body(Some(answer))
-        .max_idle_connections(0)
-        .user_agent(concat!("nap/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into()
-}
-
 pub struct IndexClient {
     servers: Vec<String>,
     agent: ureq::Agent,
@@ -94,20 +78,13 @@ impl IndexClient {
     /// each phase of a call, the connect phase gets a quarter of it.
     pub fn new(servers: Vec<String>, timeout: Duration) -> IndexClient {
         let servers = servers
-            .into_iter()
-            .map(|s| s.trim().trim_end_matches('/').to_string())
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                if s.contains("://") {
-                    s
-                } else {
-                    format!("http://{s}")
-                }
-            })
+            .iter()
+            .filter(|s| !s.trim().trim_end_matches('/').is_empty())
+            .map(|s| protocol::base_url(s))
             .collect();
         IndexClient {
             servers,
-            agent: http_agent(timeout / 4, timeout),
+            agent: crate::net::http_agent(timeout / 4, timeout),
             timeout,
             current: AtomicUsize::new(0),
         }
@@ -273,6 +250,7 @@ impl IndexClient {
             if status >= 400 {
                 let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
                     ErrorBody::new(
+                        protocol::ErrorCode::Unknown,
                         String::from_utf8_lossy(&bytes)
                             .chars()
                             .take(200)

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::files::{hash_into, LocalChanges, LocalStore};
+use super::files::{LocalChanges, LocalStore};
+use crate::hashing::{hash_into, hex};
 use crate::protocol::{self, FileMeta};
 
 /// Called with (bytes so far, total) while a download runs.
@@ -193,7 +194,7 @@ impl Downloader {
                 want.size
             ));
         }
-        let got = crate::index::state::hex(&hasher.finalize());
+        let got = hex(&hasher.finalize());
         if got != want.sha256 {
             let _ = fs::remove_file(partial);
             return Err(format!(

@@ -8,6 +8,7 @@
 //! edit that cannot be published (lease lost, index unreachable, refused) is never lost: it is
 //! moved to `DIR/.nap/unpublished/` and the user is told where.
 
+use crate::threads::lock;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -17,8 +18,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::client::ClientError;
 use super::download::{DownloadError, Progress};
-use super::files::{sha256_of, LocalChanges};
+use super::files::LocalChanges;
 use super::{GetError, Peer};
+use crate::hashing::sha256_of;
 use crate::protocol::{FileMeta, LeaseIdRequest, LeaseRequest};
 
 /// Attempts at publishing when no index answers, and the pause between them.
@@ -254,14 +256,11 @@ impl Peer {
             if matches!(e, ClientError::Api { .. }) {
                 return Ok(EditOutcome::NotPublished { why, kept });
             }
-            self.in_doubt
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(InDoubt {
-                    meta,
-                    lease_id: held.request.lease_id.clone(),
-                    kept: kept.clone(),
-                });
+            lock(&self.in_doubt).push(InDoubt {
+                meta,
+                lease_id: held.request.lease_id.clone(),
+                kept: kept.clone(),
+            });
             return Ok(EditOutcome::InDoubt { why, kept });
         }
         held.spent = true;
@@ -385,7 +384,7 @@ impl Peer {
     /// Unanswered ones wait for the next call. Called by the agent after a heartbeat got
     /// through.
     pub fn settle_in_doubt(&self) {
-        let pending = std::mem::take(&mut *self.in_doubt.lock().unwrap_or_else(|e| e.into_inner()));
+        let pending = std::mem::take(&mut *lock(&self.in_doubt));
         for doubt in pending {
             let (name, version) = (&doubt.meta.name, doubt.meta.version);
             match self.announce(&doubt.meta, Some(&doubt.lease_id)) {
@@ -411,11 +410,7 @@ impl Peer {
                     body.error,
                     doubt.kept.display()
                 )),
-                Err(_) => self
-                    .in_doubt
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(doubt),
+                Err(_) => lock(&self.in_doubt).push(doubt),
             }
         }
     }

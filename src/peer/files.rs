@@ -7,16 +7,17 @@
 //! what must not be lost but cannot be published is kept in `DIR/.nap/unpublished/`. Nothing
 //! here talks to the network.
 
+use crate::threads::lock;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
+use crate::hashing::sha256_of;
 use crate::protocol::{self, FileMeta};
 
 const NAP_DIR: &str = ".nap";
@@ -89,26 +90,6 @@ pub struct LocalStore {
     scan_lock: Mutex<()>,
 }
 
-/// Lowercase hex SHA-256 of everything `reader` yields.
-pub fn sha256_of(mut reader: impl Read) -> io::Result<String> {
-    let mut hasher = Sha256::new();
-    hash_into(&mut hasher, &mut reader)?;
-    Ok(crate::index::state::hex(&hasher.finalize()))
-}
-
-/// Feeds everything `reader` yields into `hasher`, 64 KiB at a time.
-pub fn hash_into(hasher: &mut Sha256, reader: &mut impl Read) -> io::Result<()> {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 fn mtime_ns(meta: &fs::Metadata) -> u128 {
     meta.modified()
         .ok()
@@ -160,7 +141,7 @@ impl LocalStore {
     }
 
     fn catalog(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
-        self.catalog.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.catalog)
     }
 
     /// The files this peer holds, as last scanned.
@@ -207,7 +188,7 @@ impl LocalStore {
     /// Rescans the folder: hashes new or modified files, drops vanished ones, and saves the
     /// catalog. A modified file gets its previous version + 1.
     pub fn rescan(&self) -> io::Result<Changes> {
-        let _scan = self.scan_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _scan = lock(&self.scan_lock);
         let known = self.catalog().clone();
         let mut seen = BTreeMap::new();
         let mut changes = Changes::default();
@@ -270,7 +251,7 @@ impl LocalStore {
     /// Where a download of content `sha256` is written until verified. Keyed by content, so
     /// an interrupted download resumes whichever holder serves the rest.
     pub fn partial_path(&self, sha256: &str) -> Option<PathBuf> {
-        protocol::validate_sha256(sha256).ok()?;
+        protocol::is_sha256(sha256).then_some(())?;
         Some(self.nap_dir.join(PARTIAL).join(sha256))
     }
 
@@ -320,7 +301,7 @@ impl LocalStore {
         meta: &FileMeta,
         local_changes: LocalChanges,
     ) -> io::Result<Option<PathBuf>> {
-        let _scan = self.scan_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _scan = lock(&self.scan_lock);
         if let Some(local) = self.get(&meta.name) {
             if local.version >= meta.version {
                 return Err(io::Error::new(
@@ -358,7 +339,7 @@ impl LocalStore {
     /// that a refused publish can be undone. Peers told of the new version by the index may
     /// ask for it the moment the index accepts it, so it must already be here by then.
     pub fn stage(&self, new: &Path, meta: &FileMeta) -> io::Result<Staged> {
-        let _scan = self.scan_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _scan = lock(&self.scan_lock);
         let target = self
             .path_of(&meta.name)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad file name"))?;
@@ -404,7 +385,7 @@ impl LocalStore {
     /// The publish did not go through: the staged file moves to `unpublished/` (returned)
     /// and the replaced copy, with its catalog entry, comes back.
     pub fn undo(&self, staged: Staged) -> io::Result<PathBuf> {
-        let _scan = self.scan_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _scan = lock(&self.scan_lock);
         let target = self
             .path_of(&staged.name)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad file name"))?;

@@ -13,6 +13,7 @@ pub mod files;
 pub mod server;
 pub mod shell;
 
+use crate::threads::lock;
 use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
@@ -170,10 +171,6 @@ impl Transfers {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Peer {
     pub fn new(config: PeerConfig, addr: String) -> io::Result<Peer> {
         let store = LocalStore::open(&config.dir)?;
@@ -223,10 +220,7 @@ impl Peer {
     }
 
     pub fn identity(&self) -> Option<Identity> {
-        self.identity
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.identity).clone()
     }
 
     pub fn heartbeat_interval(&self) -> Duration {
@@ -243,15 +237,12 @@ impl Peer {
     }
 
     pub fn take_notices(&self) -> Vec<String> {
-        std::mem::take(&mut *self.notices.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *lock(&self.notices))
     }
 
     fn notice(&self, text: String) {
         log::warn!("{text}");
-        self.notices
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(text);
+        lock(&self.notices).push(text);
     }
 
     fn note_rejected(&self, rejected: &[crate::protocol::Rejected]) {
@@ -265,7 +256,7 @@ impl Peer {
     pub fn rescan(&self) -> io::Result<bool> {
         let changes = self.store.rescan()?;
         let changed = !changes.is_empty();
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = lock(&self.pending);
         for meta in changes.added {
             pending.insert(meta.name.clone(), Some(meta));
         }
@@ -288,7 +279,7 @@ impl Peer {
     }
 
     fn take_pending(&self) -> Changes {
-        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let pending = std::mem::take(&mut *lock(&self.pending));
         let mut changes = Changes::default();
         for (name, meta) in pending {
             match meta {
@@ -317,7 +308,7 @@ impl Peer {
                 if matches!(e, ClientError::Api { status: 401, .. }) && identity.is_some() {
                     // Another peer holds our id (a copied folder?): ask for a new identity.
                     log::warn!("the index refuses our identity ({e}); asking for a new one");
-                    *self.identity.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    *lock(&self.identity) = None;
                 }
                 return Err(e);
             }
@@ -330,7 +321,7 @@ impl Peer {
             if let Err(e) = self.store.save_identity(&fresh) {
                 log::warn!("could not save the peer identity: {e}");
             }
-            *self.identity.lock().unwrap_or_else(|e| e.into_inner()) = Some(fresh);
+            *lock(&self.identity) = Some(fresh);
         }
         self.heartbeat_interval_ms
             .store(response.heartbeat_interval_ms.max(50), Ordering::Relaxed);
@@ -474,10 +465,7 @@ impl Peer {
     /// it before (e.g. its removal, when a local copy was set aside) no longer holds, and the
     /// announce that follows reports it.
     fn installed(&self, name: &str) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
+        lock(&self.pending).remove(name);
     }
 
     /// Leaves the index gracefully: our holdings disappear from it at once.

@@ -10,7 +10,7 @@ use tiny_http::{Header, Method, Request, Response, StatusCode};
 
 use super::Peer;
 use crate::net::{Call, Connections};
-use crate::protocol::{self, ErrorBody};
+use crate::protocol::{self, ErrorBody, ErrorCode};
 
 /// A worker: answers the dispatcher's requests until it stops. Each worker streams one file
 /// at a time, so the number of workers is the number of upload slots.
@@ -22,7 +22,7 @@ pub fn serve(peer: &Peer, calls: &Receiver<Call>) {
 
 /// Answers a request that found no place (`--max-connections` in flight): 503, at once.
 pub fn refuse(request: Request, conns: &Connections) {
-    let mut response = error_response(503, &conns.refusal());
+    let mut response = error_response(ErrorCode::Overloaded, &conns.refusal());
     if let Some(h) = header("Retry-After", "1") {
         response.add_header(h);
     }
@@ -33,17 +33,17 @@ fn header(name: &str, value: &str) -> Option<Header> {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
 }
 
-fn error_response(status: u16, message: &str) -> Response<std::io::Cursor<Vec<u8>>> {
-    let body = serde_json::to_string(&ErrorBody::new(message)).unwrap_or_default();
-    let mut response = Response::from_string(body).with_status_code(status);
+fn error_response(code: ErrorCode, message: &str) -> Response<std::io::Cursor<Vec<u8>>> {
+    let body = serde_json::to_string(&ErrorBody::new(code, message)).unwrap_or_default();
+    let mut response = Response::from_string(body).with_status_code(code.status());
     if let Some(h) = header("Content-Type", "application/json") {
         response.add_header(h);
     }
     response
 }
 
-fn error(request: Call, status: u16, message: &str) {
-    let _ = request.respond(error_response(status, message));
+fn error(request: Call, code: ErrorCode, message: &str) {
+    let _ = request.respond(error_response(code, message));
 }
 
 /// A parsed `Range` header: the first and last byte wanted, both inclusive.
@@ -94,7 +94,13 @@ fn answer(peer: &Peer, request: Call) {
     let head = match request.method() {
         Method::Get => false,
         Method::Head => true,
-        _ => return error(request, 405, "method not allowed; use GET or HEAD"),
+        _ => {
+            return error(
+                request,
+                ErrorCode::MethodNotAllowed,
+                "method not allowed; use GET or HEAD",
+            )
+        }
     };
     let url = request.url().to_string();
     let path = url.split('?').next().unwrap_or("");
@@ -110,24 +116,32 @@ fn answer(peer: &Peer, request: Call) {
     let Some(raw) = path.strip_prefix(protocol::PATH_FILES) else {
         return error(
             request,
-            404,
+            ErrorCode::NotFound,
             "no such endpoint; files are under /files/NAME",
         );
     };
     let Some(name) = protocol::url_decode(raw, false) else {
-        return error(request, 400, "bad escape in file name");
+        return error(request, ErrorCode::BadRequest, "bad escape in file name");
     };
     if let Err(why) = protocol::validate_file_name(&name) {
-        return error(request, 400, &why);
+        return error(request, ErrorCode::BadRequest, &why.to_string());
     }
     let Some(meta) = store.get(&name) else {
-        return error(request, 404, &format!("{name} is not shared here"));
+        return error(
+            request,
+            ErrorCode::NotFound,
+            &format!("{name} is not shared here"),
+        );
     };
     let (mut file, len) = match store.open_file(&name) {
         Ok(f) => f,
         Err(e) => {
             log::warn!("cannot serve {name}: {e}");
-            return error(request, 404, &format!("{name} is not available here"));
+            return error(
+                request,
+                ErrorCode::NotFound,
+                &format!("{name} is not available here"),
+            );
         }
     };
     let range_header = request
@@ -149,7 +163,11 @@ fn answer(peer: &Peer, request: Call) {
     };
     if first > 0 {
         if let Err(e) = file.seek(SeekFrom::Start(first)) {
-            return error(request, 500, &format!("cannot read {name}: {e}"));
+            return error(
+                request,
+                ErrorCode::Internal,
+                &format!("cannot read {name}: {e}"),
+            );
         }
     }
     let mut headers = vec![

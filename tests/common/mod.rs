@@ -569,5 +569,5 @@ pub fn holders(index: &str, name: &str) -> Vec<String> {
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    nap::peer::files::sha256_of(bytes).unwrap()
+    nap::hashing::sha256_hex(bytes)
 }
