@@ -3,8 +3,7 @@
 use std::time::Duration;
 
 use argh::FromArgs;
-use nap::index::{IndexConfig, IndexServer, Role};
-use nap::protocol::base_url;
+use nap::index::{IndexConfig, IndexServer, RoleConfig};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -95,26 +94,6 @@ fn usage(message: &str) -> ! {
     std::process::exit(2)
 }
 
-fn role(args: &Args) -> Role {
-    match (args.role.as_str(), &args.shadow, &args.primary) {
-        ("primary", shadows, None) => Role::Primary {
-            shadows: shadows
-                .iter()
-                .flat_map(|list| list.split(','))
-                .filter(|s| !s.trim().is_empty())
-                .map(base_url)
-                .collect(),
-        },
-        ("shadow", None, Some(primary)) if !primary.trim().is_empty() => Role::Shadow {
-            primary: base_url(primary),
-        },
-        ("primary", _, Some(_)) => usage("--primary is for --role shadow"),
-        ("shadow", Some(_), _) => usage("--shadow is for --role primary"),
-        ("shadow", _, _) => usage("--role shadow needs --primary URL"),
-        (other, _, _) => usage(&format!("--role must be primary or shadow, not {other:?}")),
-    }
-}
-
 fn seconds(flag: &str, value: f64) -> Duration {
     Duration::try_from_secs_f64(value).unwrap_or_else(|_| {
         usage(&format!(
@@ -137,7 +116,8 @@ fn main() {
         max_search_results: args.max_search_results,
         max_tasks_per_answer: args.max_tasks_per_answer,
         lease_ttl: seconds("lease-ttl", args.lease_ttl),
-        role: role(&args),
+        role: RoleConfig::from_flags(&args.role, args.shadow.as_deref(), args.primary.as_deref())
+            .unwrap_or_else(|e| usage(&e.to_string())),
         cluster_secret: args
             .cluster_secret
             .clone()
@@ -149,38 +129,21 @@ fn main() {
         max_tasks_per_peer: args.max_tasks_per_peer,
         task_timeout: seconds("task-timeout", args.task_timeout),
         data_dir: (!args.in_memory).then(|| std::path::PathBuf::from(&args.data_dir)),
-        fsync: args.fsync.parse().unwrap_or_else(|e: String| usage(&e)),
+        fsync: args
+            .fsync
+            .parse()
+            .unwrap_or_else(|e: nap::index::journal::UnknownFsync| usage(&e.to_string())),
         snapshot_every: args.snapshot_every,
         max_connections: args.max_connections.unwrap_or_else(|| {
             nap::net::connections::fitting_or_warn(nap::index::DEFAULT_MAX_CONNECTIONS)
         }),
         idle_timeout: seconds("idle-timeout", args.idle_timeout),
     };
-    if config.max_connections == 0 || config.idle_timeout.is_zero() {
-        usage("--max-connections and --idle-timeout must be more than 0");
+    if let Err(e) = config.validate() {
+        usage(&e.to_string());
     }
-    if config.replication_factor == 0 || config.max_tasks_per_peer == 0 {
-        usage("--replication-factor and --max-tasks-per-peer must be at least 1");
-    }
-    if config.plan_interval.is_zero() || config.task_timeout.is_zero() {
-        usage("--plan-interval and --task-timeout must be more than 0");
-    }
-    if !(1..=nap::protocol::MAX_NAME_LEN).contains(&config.max_name_bytes) {
-        usage("--max-name-bytes must be 1-255");
-    }
-    if config.max_files_per_request == 0
-        || config.max_search_results == 0
-        || config.max_tasks_per_answer == 0
-    {
-        usage("--max-files-per-request, --max-search-results and --max-tasks-per-answer must be at least 1");
-    }
-    if config.lease_ttl.is_zero() {
-        usage("--lease-ttl must be more than 0");
-    }
-    if config.peer_timeout <= config.heartbeat_interval {
-        log::warn!(
-            "--peer-timeout is not longer than --heartbeat-interval: live peers will be pruned"
-        );
+    for warning in config.warnings() {
+        log::warn!("{warning}");
     }
     // Registered before the start, so a signal that comes during it is taken afterwards.
     let signals = match Signals::new([SIGINT, SIGTERM]) {

@@ -34,7 +34,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use argh::FromArgs;
-use nap::index::log::{DiskLog, Fsync};
+use nap::index::journal::{Fsync, Journal};
 use nap::index::state::IndexState;
 use nap::index::{IndexConfig, IndexServer};
 use nap::protocol::{
@@ -995,7 +995,7 @@ struct LoadParts {
     read: Duration,
     /// SHA-256 over the log segments (each record's checksum is the first 8 bytes of one).
     hash: Duration,
-    /// `DiskLog::open`: read, verify and JSON-parse the snapshot and the log records.
+    /// `Journal::open_dir`: read, verify and JSON-parse the snapshot and the log records.
     open: Duration,
     /// `IndexState::restore`: the maps and the search index from the snapshot.
     restore: Duration,
@@ -1026,10 +1026,11 @@ fn load_parts(dir: &std::path::Path) -> LoadParts {
     let hash = t.elapsed();
     drop(log_bytes);
     let t = Instant::now();
-    let (log, recovered) = DiskLog::open(dir, Fsync::Never, "unused").expect("open the data dir");
+    let (log, recovered) =
+        Journal::open_dir(dir, Fsync::Never, "unused").expect("open the data dir");
     let open = t.elapsed();
     drop(log);
-    let nap::index::log::Recovered {
+    let nap::index::journal::Recovered {
         epoch,
         snapshot,
         ops,

@@ -411,7 +411,7 @@ pub fn plan(
 mod tests {
     use super::*;
     use crate::index::state::tests::meta;
-    use crate::index::state::{hash_token, Op};
+    use crate::index::state::*;
     use crate::protocol::FileMeta;
 
     /// A planner pass as the planner thread runs it: over the names changed since the last.
@@ -421,12 +421,12 @@ mod tests {
     }
 
     fn register(id: &str, port: u16, files: Vec<FileMeta>) -> Op {
-        Op::Register {
+        Op::Register(Register {
             peer_id: id.into(),
             token_hash: hash_token(id),
             addr: format!("127.0.0.1:{port}"),
             files,
-        }
+        })
     }
 
     #[test]
@@ -442,23 +442,23 @@ mod tests {
         assert!(refresh_tasks(&s, "a").is_empty());
         assert!(refresh_tasks(&s, "b").is_empty());
         s.apply(
-            Op::AcquireLease {
+            Op::AcquireLease(AcquireLease {
                 peer_id: "a".into(),
                 token_hash: hash_token("a"),
                 file: "doc".into(),
                 lease_id: "L".into(),
                 ttl_ms: 100,
-            },
+            }),
             1,
         )
         .unwrap();
         s.apply(
-            Op::Announce {
+            Op::Announce(Announce {
                 peer_id: "a".into(),
                 token_hash: hash_token("a"),
                 file: meta("doc", 2, "v2"),
                 lease_id: Some("L".into()),
-            },
+            }),
             2,
         )
         .unwrap();
@@ -473,9 +473,9 @@ mod tests {
 
         // With the only holder of v2 gone there is nowhere to fetch from: no task.
         s.apply(
-            Op::Prune {
+            Op::Prune(Prune {
                 peers: vec!["a".into()],
-            },
+            }),
             3,
         )
         .unwrap();
@@ -496,12 +496,12 @@ mod tests {
 
     fn announce(s: &mut IndexState, peer: &str, file: crate::protocol::FileMeta, now: Millis) {
         s.apply(
-            Op::Announce {
+            Op::Announce(Announce {
                 peer_id: peer.into(),
                 token_hash: hash_token(peer),
                 file,
                 lease_id: None,
-            },
+            }),
             now,
         )
         .unwrap();
@@ -628,9 +628,9 @@ mod tests {
         assert_eq!(flight.tasks_for("b").len(), 1);
         // A peer that leaves takes its tasks with it.
         s.apply(
-            Op::Prune {
+            Op::Prune(Prune {
                 peers: vec!["b".into()],
-            },
+            }),
             2_100,
         )
         .unwrap();
@@ -650,9 +650,9 @@ mod tests {
         let p = pass(&mut s, &mut flight, 0, &cfg(2, 4));
         assert!(flight.is_empty() && p.under_replicated.is_empty());
         s.apply(
-            Op::Prune {
+            Op::Prune(Prune {
                 peers: vec!["a".into(), "b".into()],
-            },
+            }),
             1,
         )
         .unwrap();
@@ -692,13 +692,13 @@ mod tests {
             |names: &[&str]| -> Vec<FileMeta> { names.iter().map(|n| meta(n, 1, n)).collect() };
         let lease = |s: &mut IndexState, peer: &str, file: &str, id: &str| {
             s.apply(
-                Op::AcquireLease {
+                Op::AcquireLease(AcquireLease {
                     peer_id: peer.into(),
                     token_hash: hash_token(peer),
                     file: file.into(),
                     lease_id: id.into(),
                     ttl_ms: 60_000,
-                },
+                }),
                 0,
             )
             .unwrap();
@@ -713,22 +713,22 @@ mod tests {
                 s.apply(register("b", 2, files(&["f0", "f1"])), 0).unwrap();
             }),
             Box::new(|s| {
-                let op = Op::Heartbeat {
+                let op = Op::Heartbeat(Heartbeat {
                     peer_id: "b".into(),
                     token_hash: hash_token("b"),
                     added: files(&["f2"]),
                     removed: vec!["f1".into()],
-                };
+                });
                 s.apply(op, 0).unwrap();
             }),
             Box::new(|s| {
                 lease(s, "a", "f0", "L1");
-                let op = Op::Announce {
+                let op = Op::Announce(Announce {
                     peer_id: "a".into(),
                     token_hash: hash_token("a"),
                     file: meta("f0", 2, "f0 v2"),
                     lease_id: Some("L1".into()),
-                };
+                });
                 s.apply(op, 0).unwrap();
             }),
             Box::new(|s| {
@@ -736,17 +736,17 @@ mod tests {
                     .unwrap();
             }),
             Box::new(|s| {
-                let op = Op::Unregister {
+                let op = Op::Unregister(Unregister {
                     peer_id: "a".into(),
                     token_hash: hash_token("a"),
-                };
+                });
                 s.apply(op, 0).unwrap();
             }),
             Box::new(|s| {
                 s.apply(
-                    Op::Prune {
+                    Op::Prune(Prune {
                         peers: vec!["b".into()],
-                    },
+                    }),
                     0,
                 )
                 .unwrap();

@@ -1,32 +1,31 @@
 //! The sweeper: a background thread that removes peers silent for longer than the peer
 //! timeout (with their holdings and leases) and leases past their expiry. After the index
-//! itself stood still, it forgives the silence it caused. It decides nothing
-//! itself: `Index::prune_silent` and `Index::expire_leases` find what is due and apply one op.
+//! itself stood still, it forgives the silence it caused. It decides nothing itself:
+//! `Index::prune_silent` and `Index::expire_leases` find what is due and apply one op.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::Receiver;
 
 use super::Index;
+use crate::threads::stopped;
 
 /// Loops until `stop` is closed. Checks a few times per peer timeout and lease TTL, so a dead
 /// peer or an expired lease is gone at most about a quarter of its timeout after it was due.
 /// (An expired lease is refused on use at once; the sweep only tidies.)
 pub fn run(index: &Index, stop: &Receiver<()>) {
     let config = index.config();
+    let clock = index.clock();
     let tick = (config.peer_timeout.min(config.lease_ttl) / 4)
         .clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let mut last = Instant::now();
-    loop {
-        match stop.recv_timeout(tick) {
-            Err(RecvTimeoutError::Timeout) => {}
-            _ => return,
-        }
+    let mut last = clock.elapsed();
+    while !stopped(stop, tick) {
         // If this thread woke far later than asked, the whole index stood still (stopped,
         // swapped out, a VM paused): the peers were not silent, we were not listening. They
         // get a fresh timeout instead of being pruned for our stall.
-        let slept = last.elapsed();
-        last = Instant::now();
+        let now = clock.elapsed();
+        let slept = now.saturating_sub(last);
+        last = now;
         if slept > tick + config.peer_timeout / 2 {
             log::warn!(
                 "the index stood still for {:.1} s; giving every peer a fresh timeout",
