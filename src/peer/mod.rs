@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod config;
 pub mod download;
 pub mod edit;
 pub mod files;
@@ -16,7 +17,6 @@ pub mod shell;
 use crate::threads::lock;
 use std::collections::BTreeMap;
 use std::io;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -28,53 +28,12 @@ use client::{ClientError, IndexClient};
 use download::{DownloadError, Downloader, Progress};
 use files::{Changes, Identity, LocalStore};
 
+pub use config::{ConfigError, PeerConfig, DEFAULT_MAX_CONNECTIONS};
+
 use crate::protocol::{
     AnnounceRequest, AnnounceResponse, FileMeta, HeartbeatRequest, HeartbeatResponse,
     RegisterRequest, RegisterResponse, SearchResult, TaskFailure, UnregisterRequest,
 };
-
-#[derive(Debug, Clone)]
-pub struct PeerConfig {
-    /// The shared folder.
-    pub dir: PathBuf,
-    /// Where the file server listens (`host:port`; port 0 picks a free one).
-    pub listen: String,
-    /// The `host:port` other peers should use, when it differs from the bound address
-    /// (listening on 0.0.0.0, NAT).
-    pub advertise: Option<String>,
-    /// Index servers in order of preference.
-    pub index: Vec<String>,
-    /// Bound on each phase of an index call; the connect phase gets a quarter.
-    pub index_timeout: Duration,
-    /// How often the shared folder is rescanned for added, changed and removed files.
-    pub rescan_interval: Duration,
-    /// Concurrent uploads to other peers.
-    pub upload_slots: usize,
-    /// Requests in flight (and open connections) the file server takes at most.
-    pub max_connections: usize,
-    /// A connection to the file server without a request for this long is closed.
-    pub idle_timeout: Duration,
-}
-
-/// Connections the file server takes unless told otherwise (fewer if the open-file limit
-/// cannot hold them).
-pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
-
-impl Default for PeerConfig {
-    fn default() -> Self {
-        PeerConfig {
-            dir: PathBuf::from("."),
-            listen: "127.0.0.1:0".into(),
-            advertise: None,
-            index: vec!["http://127.0.0.1:7070".into()],
-            index_timeout: Duration::from_secs(2),
-            rescan_interval: Duration::from_secs(10),
-            upload_slots: 4,
-            max_connections: crate::net::connections::fitting(DEFAULT_MAX_CONNECTIONS),
-            idle_timeout: Duration::from_secs(30),
-        }
-    }
-}
 
 /// What `Peer::get` did.
 #[derive(Debug)]
@@ -493,6 +452,9 @@ pub struct PeerNode {
 
 impl PeerNode {
     pub fn start(config: PeerConfig) -> io::Result<PeerNode> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let http = crate::net::HttpServer::start(
             &config.listen,
             crate::net::Limits {
