@@ -21,7 +21,7 @@ use super::download::{DownloadError, Progress};
 use super::files::LocalChanges;
 use super::{GetError, Peer};
 use crate::hashing::sha256_of;
-use crate::protocol::{FileMeta, LeaseIdRequest, LeaseRequest};
+use crate::protocol::{ErrorCode, FileMeta, LeaseIdRequest, LeaseRequest};
 
 /// Attempts at publishing when no index answers, and the pause between them.
 const PUBLISH_TRIES: u32 = 3;
@@ -149,13 +149,13 @@ impl Peer {
             file: name.to_string(),
         }) {
             Ok(lease) => lease,
-            Err(ClientError::Api { status: 409, body }) if body.holder.is_some() => {
+            Err(ClientError::Api { body, .. }) if body.code == ErrorCode::LeaseHeld => {
                 return Err(EditError::Busy {
                     holder: body.holder.unwrap_or_default(),
                     remaining_ms: body.remaining_ms.unwrap_or(0),
                 })
             }
-            Err(ClientError::Api { status: 404, body }) if !body.reregister => {
+            Err(e) if e.code() == Some(ErrorCode::NotFound) => {
                 return Err(EditError::NotFound(name.to_string()))
             }
             Err(e) => {

@@ -31,7 +31,7 @@ use files::{Changes, Identity, LocalStore};
 pub use config::{ConfigError, PeerConfig, DEFAULT_MAX_CONNECTIONS};
 
 use crate::protocol::{
-    AnnounceRequest, AnnounceResponse, FileMeta, HeartbeatRequest, HeartbeatResponse,
+    AnnounceRequest, AnnounceResponse, ErrorCode, FileMeta, HeartbeatRequest, HeartbeatResponse,
     RegisterRequest, RegisterResponse, SearchResult, TaskFailure, UnregisterRequest,
 };
 
@@ -264,7 +264,7 @@ impl Peer {
             Ok(r) => r,
             Err(e) => {
                 self.request_register();
-                if matches!(e, ClientError::Api { status: 401, .. }) && identity.is_some() {
+                if e.code() == Some(ErrorCode::BadToken) && identity.is_some() {
                     // Another peer holds our id (a copied folder?): ask for a new identity.
                     log::warn!("the index refuses our identity ({e}); asking for a new one");
                     *lock(&self.identity) = None;
