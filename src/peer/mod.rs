@@ -41,7 +41,7 @@ pub struct Fetched {
     pub meta: FileMeta,
     pub source: String,
     /// Set when the download succeeded but telling the index failed (it is retried later).
-    pub announce_error: Option<String>,
+    pub announce_error: Option<ClientError>,
 }
 
 #[derive(Debug)]
@@ -65,6 +65,8 @@ impl std::fmt::Display for GetError {
         }
     }
 }
+
+impl std::error::Error for GetError {}
 
 pub struct Peer {
     pub store: LocalStore,
@@ -412,7 +414,7 @@ impl Peer {
         drop(running);
         self.transfers.downloaded();
         self.installed(&want.name);
-        let announce_error = self.announce(want, None).err().map(|e| e.to_string());
+        let announce_error = self.announce(want, None).err();
         Ok(Fetched {
             meta: want.clone(),
             source,
