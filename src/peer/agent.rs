@@ -88,7 +88,7 @@ pub fn run(peer: &Peer, stop: &Receiver<()>, tasks: &TaskQueue) {
             // A long poll: the index answers at once when it has a task for us, else after
             // about one interval; then we go again.
             let interval = peer.heartbeat_interval();
-            let sent = std::time::Instant::now();
+            let sent = peer.clock().elapsed();
             match peer.heartbeat(interval) {
                 Ok(response) => {
                     let new_tasks = tasks.offer(response.tasks);
@@ -99,7 +99,7 @@ pub fn run(peer: &Peer, stop: &Receiver<()>, tasks: &TaskQueue) {
                     } else {
                         // Nothing new (a reminder, or an index that did not hold the answer):
                         // keep the interval, so polls never spin.
-                        interval.saturating_sub(sent.elapsed())
+                        interval.saturating_sub(peer.clock().elapsed().saturating_sub(sent))
                     }
                 }
                 // The index forgot us (restart, prune): register again right away.

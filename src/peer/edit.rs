@@ -13,9 +13,9 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::Receiver;
 
 use super::client::ClientError;
 use super::download::{DownloadError, Progress};
@@ -23,6 +23,7 @@ use super::files::LocalChanges;
 use super::{GetError, Peer};
 use crate::hashing::sha256_of;
 use crate::protocol::{ErrorCode, FileMeta, LeaseIdRequest, LeaseRequest};
+use crate::threads::stopped;
 
 /// Attempts at publishing when no index answers, and the pause between them.
 const PUBLISH_TRIES: u32 = 3;
@@ -196,6 +197,29 @@ impl From<io::Error> for EditError {
     }
 }
 
+/// How long a held lease is known to last, in the clock's monotonic time. A renewal counts
+/// from when it was sent, not answered: the index began the new term no earlier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LeaseTerm {
+    valid_until: Duration,
+}
+
+impl LeaseTerm {
+    fn new(now: Duration, ttl: Duration) -> LeaseTerm {
+        LeaseTerm {
+            valid_until: now.saturating_add(ttl),
+        }
+    }
+
+    fn renewed(&mut self, sent: Duration, ttl: Duration) {
+        self.valid_until = sent.saturating_add(ttl);
+    }
+
+    fn ran_out(&self, now: Duration) -> bool {
+        now >= self.valid_until
+    }
+}
+
 /// A held lease that is given back when dropped, unless it was spent by a publish.
 struct HeldLease<'p> {
     peer: &'p Peer,
@@ -283,9 +307,9 @@ impl Peer {
             (lease.ttl_ms + 500) / 1000
         ));
 
-        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let (stop, renewing) = crossbeam_channel::bounded::<()>(0);
         let (edited, lost) = std::thread::scope(|scope| {
-            let renewer = scope.spawn(|| self.keep_renewing(&held.request, ttl, &stopped));
+            let renewer = scope.spawn(|| self.keep_renewing(&held.request, ttl, &renewing));
             let edited = editor(&work);
             drop(stop);
             let lost = renewer.join().unwrap_or(Some(LeaseLost::RenewerFailed));
@@ -442,15 +466,11 @@ impl Peer {
         stop: &Receiver<()>,
     ) -> Option<LeaseLost> {
         let every = (ttl / 3).max(Duration::from_millis(50));
-        let mut valid_until = Instant::now() + ttl;
-        loop {
-            match stop.recv_timeout(every) {
-                Err(RecvTimeoutError::Timeout) => {}
-                _ => return None,
-            }
-            let sent = Instant::now();
+        let mut term = LeaseTerm::new(self.clock.elapsed(), ttl);
+        while !stopped(stop, every) {
+            let sent = self.clock.elapsed();
             match self.index.renew_lease(lease) {
-                Ok(renewed) => valid_until = sent + Duration::from_millis(renewed.ttl_ms),
+                Ok(renewed) => term.renewed(sent, Duration::from_millis(renewed.ttl_ms)),
                 Err(e) if e.code().is_some() => {
                     let lost = LeaseLost::Ended(e);
                     log::warn!("lease {} lost: {lost}", lease.lease_id);
@@ -458,7 +478,7 @@ impl Peer {
                 }
                 Err(e) => {
                     log::warn!("could not renew lease {}: {e}", lease.lease_id);
-                    if Instant::now() >= valid_until {
+                    if term.ran_out(self.clock.elapsed()) {
                         let lost = LeaseLost::RanOut(e);
                         log::warn!("lease {} lost: {lost}", lease.lease_id);
                         return Some(lost);
@@ -466,6 +486,7 @@ impl Peer {
                 }
             }
         }
+        None
     }
 
     /// Settles the publishes no index confirmed: asks again with the same lease. The index
@@ -527,6 +548,19 @@ impl Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lease_lasts_from_when_its_renewal_was_sent() {
+        let s = Duration::from_secs;
+        let mut term = LeaseTerm::new(s(100), s(60));
+        assert!(!term.ran_out(s(159)));
+        assert!(term.ran_out(s(160)));
+        // Sent at 150, answered much later: the new term counts from 150.
+        term.renewed(s(150), s(60));
+        assert!(!term.ran_out(s(209)));
+        assert!(term.ran_out(s(210)));
+        assert!(!LeaseTerm::new(s(1), Duration::MAX).ran_out(Duration::MAX - s(1)));
+    }
 
     #[test]
     fn edit_failures_read_as_before() {

@@ -30,6 +30,7 @@ use files::{Changes, Identity, LocalStore};
 
 pub use config::{ConfigError, PeerConfig, DEFAULT_MAX_CONNECTIONS};
 
+use crate::clock::SharedClock;
 use crate::protocol::{
     AnnounceRequest, AnnounceResponse, ErrorCode, FileMeta, HeartbeatRequest, HeartbeatResponse,
     RegisterRequest, RegisterResponse, SearchResult, TaskFailure, UnregisterRequest,
@@ -75,6 +76,8 @@ pub struct Peer {
     config: PeerConfig,
     /// The address other peers download from.
     addr: String,
+    /// Where every decision by time takes its time from.
+    clock: SharedClock,
     identity: Mutex<Option<Identity>>,
     heartbeat_interval_ms: AtomicU64,
     /// Set when the index may have missed a change: the agent then registers the whole list.
@@ -133,7 +136,7 @@ impl Transfers {
 }
 
 impl Peer {
-    pub fn new(config: PeerConfig, addr: String) -> io::Result<Peer> {
+    pub fn new(config: PeerConfig, addr: String, clock: SharedClock) -> io::Result<Peer> {
         let store = LocalStore::open(&config.dir)?;
         let identity = store.load_identity();
         Ok(Peer {
@@ -141,6 +144,7 @@ impl Peer {
             index: IndexClient::new(config.index.clone(), config.index_timeout),
             downloader: Downloader::new(config.index_timeout.max(Duration::from_secs(5))),
             addr,
+            clock,
             identity: Mutex::new(identity),
             heartbeat_interval_ms: AtomicU64::new(1000),
             needs_register: AtomicBool::new(true),
@@ -178,6 +182,10 @@ impl Peer {
 
     pub fn config(&self) -> &PeerConfig {
         &self.config
+    }
+
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
     }
 
     pub fn identity(&self) -> Option<Identity> {
@@ -453,7 +461,13 @@ pub struct PeerNode {
 }
 
 impl PeerNode {
+    /// Starts a peer on the system clock.
     pub fn start(config: PeerConfig) -> io::Result<PeerNode> {
+        PeerNode::start_with_clock(config, crate::clock::SystemClock::shared())
+    }
+
+    /// Starts a peer that takes every decision by time from `clock`.
+    pub fn start_with_clock(config: PeerConfig, clock: SharedClock) -> io::Result<PeerNode> {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -470,7 +484,7 @@ impl PeerNode {
             .clone()
             .unwrap_or_else(|| bound.to_string());
         let slots = config.upload_slots.max(1);
-        let peer = Arc::new(Peer::new(config, addr)?);
+        let peer = Arc::new(Peer::new(config, addr, clock)?);
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let mut threads = Vec::new();
         let (dispatcher, calls) = http.spawn_dispatcher(server::refuse)?;
