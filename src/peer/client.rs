@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::session::Failure;
 use crate::protocol::{
     self, AnnounceRequest, AnnounceResponse, ErrorBody, ErrorCode, FileInfoResponse,
     HealthResponse, HeartbeatRequest, HeartbeatResponse, LeaseIdRequest, LeaseRequest,
@@ -56,6 +57,12 @@ impl ClientError {
     /// The index does not know this peer (any more): register again.
     pub fn needs_register(&self) -> bool {
         self.code() == Some(ErrorCode::UnknownPeer)
+    }
+
+    /// Whether an index refused (and so changed nothing), or none answered for sure. A
+    /// write only shadows refused may still have reached a primary that went silent.
+    pub fn failure(&self) -> Failure {
+        self.code().map_or(Failure::Unanswered, Failure::Refused)
     }
 }
 
@@ -377,7 +384,7 @@ mod tests {
         );
 
         match client(&[&shadow]).register(&register()) {
-            Err(ClientError::ReadOnly) => {}
+            Err(e @ ClientError::ReadOnly) => assert_eq!(e.failure(), Failure::Unanswered),
             other => panic!("expected a read-only refusal, got {other:?}"),
         }
     }
@@ -393,6 +400,7 @@ mod tests {
         match c.register(&register()) {
             Err(e @ ClientError::Api { status: 403, .. }) => {
                 assert_eq!(e.code(), Some(ErrorCode::LeaseNotYours));
+                assert_eq!(e.failure(), Failure::Refused(ErrorCode::LeaseNotYours));
             }
             other => panic!("expected the refusal itself, got {other:?}"),
         }
@@ -404,6 +412,7 @@ mod tests {
         let api = |body: ErrorBody| ClientError::Api { status: 404, body };
         let forgot = api(ErrorBody::new(ErrorCode::UnknownPeer, "unknown peer"));
         assert!(forgot.needs_register());
+        assert_eq!(forgot.failure(), Failure::Refused(ErrorCode::UnknownPeer));
         let missing = api(ErrorBody::new(ErrorCode::NotFound, "no such file"));
         assert!(!missing.needs_register());
         // An index older than codes flags an unknown peer only.
@@ -412,5 +421,11 @@ mod tests {
         assert_eq!(api(old).code(), Some(ErrorCode::UnknownPeer));
         let unavailable = ClientError::Unavailable(vec!["a: refused".into()]);
         assert_eq!(unavailable.code(), None);
+        assert_eq!(unavailable.failure(), Failure::Unanswered);
+        assert_eq!(
+            ClientError::BadAnswer("x".into()).failure(),
+            Failure::Unanswered,
+            "a 2xx we could not read may have been applied"
+        );
     }
 }

@@ -8,7 +8,6 @@
 //! edit that cannot be published (lease lost, index unreachable, refused) is never lost: it is
 //! moved to `DIR/.nap/unpublished/` and the user is told where.
 
-use crate::threads::lock;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -24,6 +23,8 @@ use super::{GetError, Peer};
 use crate::hashing::sha256_of;
 use crate::protocol::{ErrorCode, FileMeta, LeaseIdRequest, LeaseRequest};
 use crate::threads::stopped;
+
+pub use super::session::InDoubt;
 
 /// Attempts at publishing when no index answers, and the pause between them.
 const PUBLISH_TRIES: u32 = 3;
@@ -132,13 +133,6 @@ impl std::fmt::Display for PublishError {
 
 impl std::error::Error for PublishError {}
 
-/// A publish no index confirmed or refused, to settle when the primary answers again.
-#[derive(Debug, Clone)]
-pub struct InDoubt {
-    pub meta: FileMeta,
-    pub lease_id: String,
-    pub kept: PathBuf,
-}
 /// Why an edit could not start; no lease is held afterwards.
 #[derive(Debug)]
 pub enum EditError {
@@ -271,9 +265,7 @@ impl Peer {
                 return Err(EditError::NotFound(name.to_string()))
             }
             Err(e) => {
-                if e.needs_register() {
-                    self.request_register();
-                }
+                self.session().call_failed(e.failure());
                 return Err(EditError::Index(e));
             }
         };
@@ -371,7 +363,7 @@ impl Peer {
                     kept,
                 });
             }
-            lock(&self.in_doubt).push(InDoubt {
+            self.session().publish_in_doubt(InDoubt {
                 meta,
                 lease_id: held.request.lease_id.clone(),
                 kept: kept.clone(),
@@ -492,11 +484,9 @@ impl Peer {
     /// Settles the publishes no index confirmed: asks again with the same lease. The index
     /// accepts if it applied the first try (the version exists with this content) or if the
     /// lease is still live; it refuses if the lease is gone and the version never landed.
-    /// Unanswered ones wait for the next call. Called by the agent after a heartbeat got
-    /// through.
-    pub fn settle_in_doubt(&self) {
-        let pending = std::mem::take(&mut *lock(&self.in_doubt));
-        for doubt in pending {
+    /// Unanswered ones go back to the session. Called by the agent after an index answered.
+    pub(super) fn settle_in_doubt(&self, doubts: Vec<InDoubt>) {
+        for doubt in doubts {
             let (name, version) = (&doubt.meta.name, doubt.meta.version);
             match self.announce(&doubt.meta, Some(&doubt.lease_id)) {
                 Ok(_) => {
@@ -521,7 +511,7 @@ impl Peer {
                     body.error,
                     doubt.kept.display()
                 )),
-                Err(_) => lock(&self.in_doubt).push(doubt),
+                Err(_) => self.session().still_in_doubt(doubt),
             }
         }
     }
