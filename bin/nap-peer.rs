@@ -2,11 +2,11 @@
 
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use argh::FromArgs;
 use nap::peer::client::IndexClient;
-use nap::peer::{shell, PeerConfig, PeerNode};
+use nap::peer::config::{index_list, seconds};
+use nap::peer::{shell, ConfigError, PeerConfig, PeerNode};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -82,25 +82,29 @@ struct Search {
     json: bool,
 }
 
-fn seconds(flag: &str, value: f64) -> Duration {
-    Duration::try_from_secs_f64(value).unwrap_or_else(|_| {
-        eprintln!("nap-peer: --{flag} must be a non-negative number of seconds");
-        std::process::exit(2)
-    })
+/// A flag the peer cannot run with: says so and exits 2.
+fn refuse(e: ConfigError) -> ! {
+    eprintln!("nap-peer: {e}");
+    std::process::exit(2)
 }
 
-fn servers(list: &str) -> Vec<String> {
-    let servers: Vec<String> = list
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect();
-    if servers.is_empty() {
-        eprintln!("nap-peer: --index needs at least one index server URL");
-        std::process::exit(2);
-    }
-    servers
+/// The flags as a peer configuration, checked by the library.
+fn serve_config(args: &Serve) -> Result<PeerConfig, ConfigError> {
+    let config = PeerConfig {
+        dir: args.dir.clone(),
+        listen: args.listen.clone(),
+        advertise: args.advertise.clone(),
+        index: index_list(&args.index)?,
+        index_timeout: seconds("index-timeout", args.index_timeout)?,
+        rescan_interval: seconds("rescan-interval", args.rescan_interval)?,
+        upload_slots: args.upload_slots,
+        max_connections: args.max_connections.unwrap_or_else(|| {
+            nap::net::connections::fitting_or_warn(nap::peer::DEFAULT_MAX_CONNECTIONS)
+        }),
+        idle_timeout: seconds("idle-timeout", args.idle_timeout)?,
+    };
+    config.validate()?;
+    Ok(config)
 }
 
 fn main() {
@@ -119,23 +123,7 @@ fn run_serve(args: Serve) -> i32 {
     } else {
         log::LevelFilter::Warn
     });
-    let config = PeerConfig {
-        dir: args.dir,
-        listen: args.listen,
-        advertise: args.advertise,
-        index: servers(&args.index),
-        index_timeout: seconds("index-timeout", args.index_timeout),
-        rescan_interval: seconds("rescan-interval", args.rescan_interval),
-        upload_slots: args.upload_slots,
-        max_connections: args.max_connections.unwrap_or_else(|| {
-            nap::net::connections::fitting_or_warn(nap::peer::DEFAULT_MAX_CONNECTIONS)
-        }),
-        idle_timeout: seconds("idle-timeout", args.idle_timeout),
-    };
-    if config.max_connections == 0 || config.idle_timeout.is_zero() {
-        eprintln!("nap-peer: --max-connections and --idle-timeout must be more than 0");
-        return 2;
-    }
+    let config = serve_config(&args).unwrap_or_else(|e| refuse(e));
     let signals = match Signals::new([SIGINT, SIGTERM]) {
         Ok(signals) => signals,
         Err(e) => {
@@ -201,10 +189,9 @@ fn run_serve(args: Serve) -> i32 {
 
 fn run_search(args: Search) -> i32 {
     nap::init_logging(log::LevelFilter::Warn);
-    let client = IndexClient::new(
-        servers(&args.index),
-        seconds("index-timeout", args.index_timeout),
-    );
+    let servers = index_list(&args.index).unwrap_or_else(|e| refuse(e));
+    let timeout = seconds("index-timeout", args.index_timeout).unwrap_or_else(|e| refuse(e));
+    let client = IndexClient::new(servers, timeout);
     match client.search(&args.text, args.limit) {
         Ok(found) if args.json => {
             println!(

@@ -1,16 +1,18 @@
-//! The peer's background threads: the agent registers, heartbeats at the interval the index
-//! sets with the file-list changes the scanner queued, registers again whenever the index may
-//! have lost track of us, returns to the primary index once it answers again, and hands the
-//! copy tasks the index sends to the task worker.
+//! The peer's background threads, the I/O around the session: the agent asks the session for
+//! the next call (a register or a long-polled heartbeat), makes it, reports the outcome, and
+//! waits as long as the session says; it returns to the primary index once it answers again
+//! and hands the copy tasks the index sends to the task worker. The scanner rescans the
+//! folder and reports what changed at once. None of them decides whether to register or how
+//! long to wait: that is the session's (`session`).
 
-use crate::threads::lock;
-use crate::threads::stopped;
+use crate::threads::{lock, stopped};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use super::session::{Round, RoundEnd};
 use super::Peer;
 use crate::protocol::{FileMeta, Task};
 
@@ -70,53 +72,53 @@ pub struct TaskInbox {
     pending: Arc<Mutex<HashSet<String>>>,
 }
 
-/// How long to wait before retrying when no index answers.
-const RETRY: Duration = Duration::from_secs(1);
-
 /// Loops until `stop` is closed.
 pub fn run(peer: &Peer, stop: &Receiver<()>, tasks: &TaskQueue) {
     loop {
         // Back to the primary as soon as it answers again (a no-op while it is in use).
         peer.index.probe_primary();
-        let wait = if peer.needs_register() {
-            if register(peer, tasks) {
-                peer.heartbeat_interval()
-            } else {
-                RETRY
-            }
-        } else {
-            // A long poll: the index answers at once when it has a task for us, else after
-            // about one interval; then we go again.
-            let interval = peer.heartbeat_interval();
-            let sent = std::time::Instant::now();
-            match peer.heartbeat(interval) {
-                Ok(response) => {
-                    let new_tasks = tasks.offer(response.tasks);
-                    // The index takes writes again: settle what it left unanswered.
-                    peer.settle_in_doubt();
-                    if new_tasks > 0 {
-                        Duration::ZERO
-                    } else {
-                        // Nothing new (a reminder, or an index that did not hold the answer):
-                        // keep the interval, so polls never spin.
-                        interval.saturating_sub(sent.elapsed())
-                    }
-                }
-                // The index forgot us (restart, prune): register again right away.
-                Err(e) if e.needs_register() => {
-                    log::info!("index asks us to register again: {e}");
-                    Duration::ZERO
-                }
-                Err(e) => {
-                    log::warn!("heartbeat failed: {e}");
-                    peer.heartbeat_interval().min(RETRY)
-                }
-            }
-        };
-        if stopped(stop, wait) {
+        if stopped(stop, round(peer, tasks)) {
             return;
         }
     }
+}
+
+/// One round of the agent: the call the session asks for, its outcome reported back, the
+/// in-doubt publishes settled if an index answered. Returns how long to wait for the next.
+pub fn round(peer: &Peer, tasks: &TaskQueue) -> Duration {
+    let sent = peer.clock().elapsed();
+    let round = peer.session().next_round(sent, || peer.store.list());
+    let ended = match round {
+        Round::Register(rq) => match peer.send_register(rq) {
+            Ok(answer) => {
+                tasks.offer(answer.tasks);
+                RoundEnd::Registered
+            }
+            Err(e) => {
+                log::warn!("register failed: {e}");
+                RoundEnd::RegisterFailed
+            }
+        },
+        Round::Heartbeat(rq) => match peer.send_heartbeat(rq) {
+            Ok(answer) => RoundEnd::Answered {
+                new_tasks: tasks.offer(answer.tasks),
+            },
+            Err(e) => {
+                if e.needs_register() {
+                    log::info!("index asks us to register again: {e}");
+                } else {
+                    log::warn!("heartbeat failed: {e}");
+                }
+                RoundEnd::HeartbeatFailed(e.failure())
+            }
+        },
+    };
+    let next = peer.session().round_ended(ended, peer.clock().elapsed());
+    if !next.settle.is_empty() {
+        // The index takes writes again: settle what it left unanswered.
+        peer.settle_in_doubt(next.settle);
+    }
+    next.wait
 }
 
 /// The scanner: rescans the shared folder every rescan interval and reports what changed at
@@ -126,21 +128,6 @@ pub fn run_scanner(peer: &Peer, stop: &Receiver<()>) {
     while !stopped(stop, peer.config().rescan_interval) {
         if let Err(e) = peer.report_changes() {
             log::warn!("rescan of {} failed: {e}", peer.store.dir().display());
-        }
-    }
-}
-
-/// Registers the whole file list and queues the tasks that come back; false on failure.
-pub fn register(peer: &Peer, tasks: &TaskQueue) -> bool {
-    match peer.register() {
-        Ok(response) => {
-            tasks.offer(response.tasks);
-            peer.settle_in_doubt();
-            true
-        }
-        Err(e) => {
-            log::warn!("register failed: {e}");
-            false
         }
     }
 }
@@ -189,11 +176,6 @@ fn run_task(peer: &Peer, task: &Task) {
         Err(e) => {
             log::warn!("task {}: {} failed: {e}", task.task_id, want.name);
             peer.task_failed(&task.task_id, e.to_string());
-            // Say so now, so the copy goes elsewhere without waiting for the long poll; if
-            // this fails the report rides on the next heartbeat.
-            if let Err(e) = peer.heartbeat(Duration::ZERO) {
-                log::debug!("reporting the failed task failed: {e}");
-            }
         }
     }
 }

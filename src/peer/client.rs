@@ -18,11 +18,12 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::session::Failure;
 use crate::protocol::{
-    self, AnnounceRequest, AnnounceResponse, ErrorBody, FileInfoResponse, HealthResponse,
-    HeartbeatRequest, HeartbeatResponse, LeaseIdRequest, LeaseRequest, LeaseResponse,
-    RegisterRequest, RegisterResponse, ReleaseResponse, SearchResponse, StatusResponse,
-    UnregisterRequest,
+    self, AnnounceRequest, AnnounceResponse, ErrorBody, ErrorCode, FileInfoResponse,
+    HealthResponse, HeartbeatRequest, HeartbeatResponse, LeaseIdRequest, LeaseRequest,
+    LeaseResponse, RegisterRequest, RegisterResponse, ReleaseResponse, SearchResponse,
+    StatusResponse, UnregisterRequest,
 };
 
 /// Largest JSON answer read from the index.
@@ -41,9 +42,27 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// What the index's refusal says, for decisions; `None` when no index answered with one.
+    /// An index older than codes only flags a peer it does not know (`reregister`).
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Api { body, .. } if body.code == ErrorCode::Unknown && body.reregister => {
+                Some(ErrorCode::UnknownPeer)
+            }
+            ClientError::Api { body, .. } => Some(body.code),
+            _ => None,
+        }
+    }
+
     /// The index does not know this peer (any more): register again.
     pub fn needs_register(&self) -> bool {
-        matches!(self, ClientError::Api { body, .. } if body.reregister)
+        self.code() == Some(ErrorCode::UnknownPeer)
+    }
+
+    /// Whether an index refused (and so changed nothing), or none answered for sure. A
+    /// write only shadows refused may still have reached a primary that went silent.
+    pub fn failure(&self) -> Failure {
+        self.code().map_or(Failure::Unanswered, Failure::Refused)
     }
 }
 
@@ -250,14 +269,17 @@ impl IndexClient {
             if status >= 400 {
                 let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
                     ErrorBody::new(
-                        protocol::ErrorCode::Unknown,
+                        ErrorCode::Unknown,
                         String::from_utf8_lossy(&bytes)
                             .chars()
                             .take(200)
                             .collect::<String>(),
                     )
                 });
-                if status == 403 && body.primary.is_some() {
+                // (An index older than codes names its primary only in this refusal.)
+                let shadow = body.code == ErrorCode::ReadOnly
+                    || (body.code == ErrorCode::Unknown && body.primary.is_some());
+                if shadow {
                     // A shadow: fine for reads, not for this write. Try the others.
                     read_only = true;
                     tries.push(format!("{server}: read-only shadow"));
@@ -281,5 +303,129 @@ impl IndexClient {
         if before != i {
             log::warn!("index server now in use: {}", self.servers[i]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::thread::JoinHandle;
+
+    /// A server answering every request with one status and body, until dropped.
+    struct Canned {
+        server: Arc<tiny_http::Server>,
+        url: String,
+        thread: Option<JoinHandle<()>>,
+    }
+
+    impl Canned {
+        fn new(status: u16, body: &str) -> Canned {
+            let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+            let url = format!("http://{}", server.server_addr().to_ip().unwrap());
+            let (answering, body) = (server.clone(), body.to_string());
+            let thread = std::thread::spawn(move || {
+                while let Ok(request) = answering.recv() {
+                    let response =
+                        tiny_http::Response::from_string(body.clone()).with_status_code(status);
+                    let _ = request.respond(response);
+                }
+            });
+            Canned {
+                server,
+                url,
+                thread: Some(thread),
+            }
+        }
+    }
+
+    impl Drop for Canned {
+        fn drop(&mut self) {
+            self.server.unblock();
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    fn client(servers: &[&Canned]) -> IndexClient {
+        let urls = servers.iter().map(|s| s.url.clone()).collect();
+        IndexClient::new(urls, Duration::from_secs(5))
+    }
+
+    fn register() -> RegisterRequest {
+        RegisterRequest {
+            addr: "127.0.0.1:1".into(),
+            files: Vec::new(),
+            peer_id: None,
+            token: None,
+        }
+    }
+
+    const REGISTERED: &str = r#"{"peer_id":"p","token":"t","heartbeat_interval_ms":1000}"#;
+
+    #[test]
+    fn a_write_a_shadow_refuses_goes_to_the_next_server() {
+        let read_only = ErrorBody {
+            primary: Some("http://primary".into()),
+            ..ErrorBody::new(ErrorCode::ReadOnly, "read-only shadow")
+        };
+        let shadow = Canned::new(403, &serde_json::to_string(&read_only).unwrap());
+        // An index older than codes names its primary only in this refusal.
+        let old_shadow = Canned::new(403, r#"{"error":"read-only","primary":"http://p"}"#);
+        let writable = Canned::new(200, REGISTERED);
+        let c = client(&[&shadow, &old_shadow, &writable]);
+        let answer = c.register(&register()).unwrap();
+        assert_eq!(answer.peer_id, "p");
+        assert_eq!(
+            c.current(),
+            writable.url,
+            "it sticks to the one that answered"
+        );
+
+        match client(&[&shadow]).register(&register()) {
+            Err(e @ ClientError::ReadOnly) => assert_eq!(e.failure(), Failure::Unanswered),
+            other => panic!("expected a read-only refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn any_other_refusal_is_an_answer_even_with_the_same_status() {
+        let not_yours = Canned::new(
+            403,
+            &serde_json::to_string(&ErrorBody::new(ErrorCode::LeaseNotYours, "not yours")).unwrap(),
+        );
+        let writable = Canned::new(200, REGISTERED);
+        let c = client(&[&not_yours, &writable]);
+        match c.register(&register()) {
+            Err(e @ ClientError::Api { status: 403, .. }) => {
+                assert_eq!(e.code(), Some(ErrorCode::LeaseNotYours));
+                assert_eq!(e.failure(), Failure::Refused(ErrorCode::LeaseNotYours));
+            }
+            other => panic!("expected the refusal itself, got {other:?}"),
+        }
+        assert_eq!(c.current(), not_yours.url);
+    }
+
+    #[test]
+    fn codes_decide_not_statuses() {
+        let api = |body: ErrorBody| ClientError::Api { status: 404, body };
+        let forgot = api(ErrorBody::new(ErrorCode::UnknownPeer, "unknown peer"));
+        assert!(forgot.needs_register());
+        assert_eq!(forgot.failure(), Failure::Refused(ErrorCode::UnknownPeer));
+        let missing = api(ErrorBody::new(ErrorCode::NotFound, "no such file"));
+        assert!(!missing.needs_register());
+        // An index older than codes flags an unknown peer only.
+        let old: ErrorBody =
+            serde_json::from_str(r#"{"error":"unknown peer","reregister":true}"#).unwrap();
+        assert_eq!(api(old).code(), Some(ErrorCode::UnknownPeer));
+        let unavailable = ClientError::Unavailable(vec!["a: refused".into()]);
+        assert_eq!(unavailable.code(), None);
+        assert_eq!(unavailable.failure(), Failure::Unanswered);
+        assert_eq!(
+            ClientError::BadAnswer("x".into()).failure(),
+            Failure::Unanswered,
+            "a 2xx we could not read may have been applied"
+        );
     }
 }

@@ -8,20 +8,23 @@
 //! edit that cannot be published (lease lost, index unreachable, refused) is never lost: it is
 //! moved to `DIR/.nap/unpublished/` and the user is told where.
 
-use crate::threads::lock;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::Receiver;
 
 use super::client::ClientError;
 use super::download::{DownloadError, Progress};
 use super::files::LocalChanges;
 use super::{GetError, Peer};
 use crate::hashing::sha256_of;
-use crate::protocol::{FileMeta, LeaseIdRequest, LeaseRequest};
+use crate::protocol::{ErrorCode, FileMeta, LeaseIdRequest, LeaseRequest};
+use crate::threads::stopped;
+
+pub use super::session::InDoubt;
 
 /// Attempts at publishing when no index answers, and the pause between them.
 const PUBLISH_TRIES: u32 = 3;
@@ -35,22 +38,100 @@ pub enum EditOutcome {
     /// The index accepted the new version and it is in the shared folder.
     Published { meta: FileMeta },
     /// The editor failed: nothing published, the lease given back, the working copy dropped.
-    Abandoned { why: String },
+    Abandoned { why: EditorError },
     /// The new content could not be published; it is kept at `kept`.
-    NotPublished { why: String, kept: PathBuf },
+    NotPublished { why: PublishError, kept: PathBuf },
     /// No index confirmed the publish, but the primary may have applied it (it took the
     /// request and went silent). The edit is kept at `kept`; the agent asks again once the
     /// index answers, and installs the edit if the index has it.
-    InDoubt { why: String, kept: PathBuf },
+    InDoubt { why: ClientError, kept: PathBuf },
 }
 
-/// A publish no index confirmed or refused, to settle when the primary answers again.
-#[derive(Debug, Clone)]
-pub struct InDoubt {
-    pub meta: FileMeta,
-    pub lease_id: String,
-    pub kept: PathBuf,
+/// Why the editing step left nothing to publish.
+#[derive(Debug)]
+pub enum EditorError {
+    /// The editor ran and exited unsuccessfully.
+    Exited(ExitStatus),
+    /// The editor could not be started.
+    NotStarted { editor: String, error: io::Error },
+    /// An editor given as a function failed, in its own words.
+    Failed(String),
+    /// The working copy was replaced by something other than a regular file (never
+    /// published: it could be a symlink to anything).
+    NotAFile,
+    /// The working copy was removed.
+    Gone(io::Error),
 }
+
+impl std::fmt::Display for EditorError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EditorError::Exited(status) => write!(f, "the editor exited with {status}"),
+            EditorError::NotStarted { editor, error } => {
+                write!(f, "could not start the editor {editor:?}: {error}")
+            }
+            EditorError::Failed(why) => f.write_str(why),
+            EditorError::NotAFile => f.write_str("the working copy is no longer a regular file"),
+            EditorError::Gone(e) => write!(f, "the working copy is gone ({e})"),
+        }
+    }
+}
+
+impl std::error::Error for EditorError {}
+
+/// A scripted editor's own message.
+impl From<String> for EditorError {
+    fn from(why: String) -> Self {
+        EditorError::Failed(why)
+    }
+}
+
+/// Why a lease was lost while the editor was open.
+#[derive(Debug)]
+pub enum LeaseLost {
+    /// The index refused a renewal.
+    Ended(ClientError),
+    /// No renewal got through before the lease would have run out.
+    RanOut(ClientError),
+    /// The renewing thread panicked.
+    RenewerFailed,
+}
+
+impl std::fmt::Display for LeaseLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LeaseLost::Ended(e) => write!(f, "the index ended the lease: {e}"),
+            LeaseLost::RanOut(e) => {
+                write!(f, "the lease ran out while no index could be reached ({e})")
+            }
+            LeaseLost::RenewerFailed => f.write_str("the lease renewer failed"),
+        }
+    }
+}
+
+impl std::error::Error for LeaseLost {}
+
+/// Why an edit was not published (it is kept aside).
+#[derive(Debug)]
+pub enum PublishError {
+    LeaseLost(LeaseLost),
+    /// The new version could not be put in the shared folder ahead of the publish.
+    Stage(io::Error),
+    /// The index refused the new version.
+    Refused(ClientError),
+}
+
+impl std::fmt::Display for PublishError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PublishError::LeaseLost(e) => write!(f, "{e}"),
+            PublishError::Stage(e) => write!(f, "could not put the new version in place: {e}"),
+            PublishError::Refused(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for PublishError {}
 
 /// Why an edit could not start; no lease is held afterwards.
 #[derive(Debug)]
@@ -102,9 +183,34 @@ impl std::fmt::Display for EditError {
     }
 }
 
+impl std::error::Error for EditError {}
+
 impl From<io::Error> for EditError {
     fn from(e: io::Error) -> Self {
         EditError::Io(e)
+    }
+}
+
+/// How long a held lease is known to last, in the clock's monotonic time. A renewal counts
+/// from when it was sent, not answered: the index began the new term no earlier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LeaseTerm {
+    valid_until: Duration,
+}
+
+impl LeaseTerm {
+    fn new(now: Duration, ttl: Duration) -> LeaseTerm {
+        LeaseTerm {
+            valid_until: now.saturating_add(ttl),
+        }
+    }
+
+    fn renewed(&mut self, sent: Duration, ttl: Duration) {
+        self.valid_until = sent.saturating_add(ttl);
+    }
+
+    fn ran_out(&self, now: Duration) -> bool {
+        now >= self.valid_until
     }
 }
 
@@ -135,7 +241,7 @@ impl Peer {
         name: &str,
         say: &mut dyn FnMut(String),
         progress: Progress<'_>,
-        editor: &mut dyn FnMut(&Path) -> Result<(), String>,
+        editor: &mut dyn FnMut(&Path) -> Result<(), EditorError>,
     ) -> Result<EditOutcome, EditError> {
         let id = self.identity().ok_or(EditError::NotRegistered)?;
         let work = self
@@ -149,19 +255,17 @@ impl Peer {
             file: name.to_string(),
         }) {
             Ok(lease) => lease,
-            Err(ClientError::Api { status: 409, body }) if body.holder.is_some() => {
+            Err(ClientError::Api { body, .. }) if body.code == ErrorCode::LeaseHeld => {
                 return Err(EditError::Busy {
                     holder: body.holder.unwrap_or_default(),
                     remaining_ms: body.remaining_ms.unwrap_or(0),
                 })
             }
-            Err(ClientError::Api { status: 404, body }) if !body.reregister => {
+            Err(e) if e.code() == Some(ErrorCode::NotFound) => {
                 return Err(EditError::NotFound(name.to_string()))
             }
             Err(e) => {
-                if e.needs_register() {
-                    self.request_register();
-                }
+                self.session().call_failed(e.failure());
                 return Err(EditError::Index(e));
             }
         };
@@ -195,22 +299,20 @@ impl Peer {
             (lease.ttl_ms + 500) / 1000
         ));
 
-        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let (stop, renewing) = crossbeam_channel::bounded::<()>(0);
         let (edited, lost) = std::thread::scope(|scope| {
-            let renewer = scope.spawn(|| self.keep_renewing(&held.request, ttl, &stopped));
+            let renewer = scope.spawn(|| self.keep_renewing(&held.request, ttl, &renewing));
             let edited = editor(&work);
             drop(stop);
-            let lost = renewer
-                .join()
-                .unwrap_or_else(|_| Some("the lease renewer failed".into()));
+            let lost = renewer.join().unwrap_or(Some(LeaseLost::RenewerFailed));
             (edited, lost)
         });
 
         // What comes back must still be a plain file: never publish through a symlink.
         let edited = edited.and_then(|()| match fs::symlink_metadata(&work) {
             Ok(m) if m.file_type().is_file() => Ok(m.len()),
-            Ok(_) => Err("the working copy is no longer a regular file".to_string()),
-            Err(e) => Err(format!("the working copy is gone ({e})")),
+            Ok(_) => Err(EditorError::NotAFile),
+            Err(e) => Err(EditorError::Gone(e)),
         });
         let size = match edited {
             Ok(size) => size,
@@ -226,9 +328,12 @@ impl Peer {
                 version: base.version,
             });
         }
-        if let Some(why) = lost {
+        if let Some(lost) = lost {
             let kept = self.store.set_aside(&work, name)?;
-            return Ok(EditOutcome::NotPublished { why, kept });
+            return Ok(EditOutcome::NotPublished {
+                why: PublishError::LeaseLost(lost),
+                kept,
+            });
         }
         let meta = FileMeta {
             name: name.to_string(),
@@ -245,23 +350,25 @@ impl Peer {
             Err(e) => {
                 let kept = self.store.set_aside(&work, name)?;
                 return Ok(EditOutcome::NotPublished {
-                    why: format!("could not put the new version in place: {e}"),
+                    why: PublishError::Stage(e),
                     kept,
                 });
             }
         };
         if let Err(e) = self.publish(&meta, &held.request.lease_id) {
             let kept = self.store.undo(staged)?;
-            let why = e.to_string();
-            if matches!(e, ClientError::Api { .. }) {
-                return Ok(EditOutcome::NotPublished { why, kept });
+            if e.code().is_some() {
+                return Ok(EditOutcome::NotPublished {
+                    why: PublishError::Refused(e),
+                    kept,
+                });
             }
-            lock(&self.in_doubt).push(InDoubt {
+            self.session().publish_in_doubt(InDoubt {
                 meta,
                 lease_id: held.request.lease_id.clone(),
                 kept: kept.clone(),
             });
-            return Ok(EditOutcome::InDoubt { why, kept });
+            return Ok(EditOutcome::InDoubt { why: e, kept });
         }
         held.spent = true;
         self.installed(name);
@@ -349,43 +456,37 @@ impl Peer {
         lease: &LeaseIdRequest,
         ttl: Duration,
         stop: &Receiver<()>,
-    ) -> Option<String> {
+    ) -> Option<LeaseLost> {
         let every = (ttl / 3).max(Duration::from_millis(50));
-        let mut valid_until = Instant::now() + ttl;
-        loop {
-            match stop.recv_timeout(every) {
-                Err(RecvTimeoutError::Timeout) => {}
-                _ => return None,
-            }
-            let sent = Instant::now();
+        let mut term = LeaseTerm::new(self.clock.elapsed(), ttl);
+        while !stopped(stop, every) {
+            let sent = self.clock.elapsed();
             match self.index.renew_lease(lease) {
-                Ok(renewed) => valid_until = sent + Duration::from_millis(renewed.ttl_ms),
-                Err(e @ ClientError::Api { .. }) => {
-                    let why = format!("the index ended the lease: {e}");
-                    log::warn!("lease {} lost: {why}", lease.lease_id);
-                    return Some(why);
+                Ok(renewed) => term.renewed(sent, Duration::from_millis(renewed.ttl_ms)),
+                Err(e) if e.code().is_some() => {
+                    let lost = LeaseLost::Ended(e);
+                    log::warn!("lease {} lost: {lost}", lease.lease_id);
+                    return Some(lost);
                 }
                 Err(e) => {
                     log::warn!("could not renew lease {}: {e}", lease.lease_id);
-                    if Instant::now() >= valid_until {
-                        let why =
-                            format!("the lease ran out while no index could be reached ({e})");
-                        log::warn!("lease {} lost: {why}", lease.lease_id);
-                        return Some(why);
+                    if term.ran_out(self.clock.elapsed()) {
+                        let lost = LeaseLost::RanOut(e);
+                        log::warn!("lease {} lost: {lost}", lease.lease_id);
+                        return Some(lost);
                     }
                 }
             }
         }
+        None
     }
 
     /// Settles the publishes no index confirmed: asks again with the same lease. The index
     /// accepts if it applied the first try (the version exists with this content) or if the
     /// lease is still live; it refuses if the lease is gone and the version never landed.
-    /// Unanswered ones wait for the next call. Called by the agent after a heartbeat got
-    /// through.
-    pub fn settle_in_doubt(&self) {
-        let pending = std::mem::take(&mut *lock(&self.in_doubt));
-        for doubt in pending {
+    /// Unanswered ones go back to the session. Called by the agent after an index answered.
+    pub(super) fn settle_in_doubt(&self, doubts: Vec<InDoubt>) {
+        for doubt in doubts {
             let (name, version) = (&doubt.meta.name, doubt.meta.version);
             match self.announce(&doubt.meta, Some(&doubt.lease_id)) {
                 Ok(_) => {
@@ -410,7 +511,7 @@ impl Peer {
                     body.error,
                     doubt.kept.display()
                 )),
-                Err(_) => lock(&self.in_doubt).push(doubt),
+                Err(_) => self.session().still_in_doubt(doubt),
             }
         }
     }
@@ -431,5 +532,45 @@ impl Peer {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_lasts_from_when_its_renewal_was_sent() {
+        let s = Duration::from_secs;
+        let mut term = LeaseTerm::new(s(100), s(60));
+        assert!(!term.ran_out(s(159)));
+        assert!(term.ran_out(s(160)));
+        // Sent at 150, answered much later: the new term counts from 150.
+        term.renewed(s(150), s(60));
+        assert!(!term.ran_out(s(209)));
+        assert!(term.ran_out(s(210)));
+        assert!(!LeaseTerm::new(s(1), Duration::MAX).ran_out(Duration::MAX - s(1)));
+    }
+
+    #[test]
+    fn edit_failures_read_as_before() {
+        assert_eq!(
+            EditorError::from("the tour's editor failed".to_string()).to_string(),
+            "the tour's editor failed"
+        );
+        assert_eq!(
+            EditorError::NotAFile.to_string(),
+            "the working copy is no longer a regular file"
+        );
+        let unreachable = ClientError::Unavailable(vec!["a: refused".into()]);
+        assert_eq!(
+            PublishError::LeaseLost(LeaseLost::RanOut(unreachable)).to_string(),
+            "the lease ran out while no index could be reached \
+             (no index server answered (a: refused))"
+        );
+        assert_eq!(
+            PublishError::LeaseLost(LeaseLost::RenewerFailed).to_string(),
+            "the lease renewer failed"
+        );
     }
 }

@@ -1,24 +1,27 @@
 //! A peer: shares a folder (`files`), serves it to other peers (`server`), keeps the index
-//! informed (`agent`, through `client`), fetches files from other peers with verification
-//! (`download`), and offers an interactive shell (`shell`).
+//! informed (`agent`, through `client`, deciding by `session`), fetches files from other peers
+//! with verification (`download`), publishes new versions under a lease (`edit`), and offers
+//! an interactive shell (`shell`).
 //!
-//! [`Peer`] is the state the shell, the agent and the server share; [`PeerNode`] starts and
-//! stops the threads around it.
+//! [`Peer`] is the state the shell, the agent and the server share: it feeds what happens to
+//! the one [`session::Session`] and never decides on its own whether the index must hear the
+//! whole file list again. [`PeerNode`] starts and stops the threads around it. Nothing here
+//! may use the index's code: the peer knows the index only through `protocol`.
 
 pub mod agent;
 pub mod client;
+pub mod config;
 pub mod download;
 pub mod edit;
 pub mod files;
 pub mod server;
+pub mod session;
 pub mod shell;
 
-use crate::threads::lock;
-use std::collections::BTreeMap;
+use crate::threads::{lock, spawn};
 use std::io;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -26,55 +29,17 @@ use crossbeam_channel::{Receiver, Sender};
 
 use client::{ClientError, IndexClient};
 use download::{DownloadError, Downloader, Progress};
-use files::{Changes, Identity, LocalStore};
+use files::LocalStore;
+use session::Session;
 
+pub use config::{ConfigError, PeerConfig, DEFAULT_MAX_CONNECTIONS};
+pub use files::Identity;
+
+use crate::clock::SharedClock;
 use crate::protocol::{
     AnnounceRequest, AnnounceResponse, FileMeta, HeartbeatRequest, HeartbeatResponse,
     RegisterRequest, RegisterResponse, SearchResult, TaskFailure, UnregisterRequest,
 };
-
-#[derive(Debug, Clone)]
-pub struct PeerConfig {
-    /// The shared folder.
-    pub dir: PathBuf,
-    /// Where the file server listens (`host:port`; port 0 picks a free one).
-    pub listen: String,
-    /// The `host:port` other peers should use, when it differs from the bound address
-    /// (listening on 0.0.0.0, NAT).
-    pub advertise: Option<String>,
-    /// Index servers in order of preference.
-    pub index: Vec<String>,
-    /// Bound on each phase of an index call; the connect phase gets a quarter.
-    pub index_timeout: Duration,
-    /// How often the shared folder is rescanned for added, changed and removed files.
-    pub rescan_interval: Duration,
-    /// Concurrent uploads to other peers.
-    pub upload_slots: usize,
-    /// Requests in flight (and open connections) the file server takes at most.
-    pub max_connections: usize,
-    /// A connection to the file server without a request for this long is closed.
-    pub idle_timeout: Duration,
-}
-
-/// Connections the file server takes unless told otherwise (fewer if the open-file limit
-/// cannot hold them).
-pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
-
-impl Default for PeerConfig {
-    fn default() -> Self {
-        PeerConfig {
-            dir: PathBuf::from("."),
-            listen: "127.0.0.1:0".into(),
-            advertise: None,
-            index: vec!["http://127.0.0.1:7070".into()],
-            index_timeout: Duration::from_secs(2),
-            rescan_interval: Duration::from_secs(10),
-            upload_slots: 4,
-            max_connections: crate::net::connections::fitting(DEFAULT_MAX_CONNECTIONS),
-            idle_timeout: Duration::from_secs(30),
-        }
-    }
-}
 
 /// What `Peer::get` did.
 #[derive(Debug)]
@@ -82,7 +47,7 @@ pub struct Fetched {
     pub meta: FileMeta,
     pub source: String,
     /// Set when the download succeeded but telling the index failed (it is retried later).
-    pub announce_error: Option<String>,
+    pub announce_error: Option<ClientError>,
 }
 
 #[derive(Debug)]
@@ -107,6 +72,8 @@ impl std::fmt::Display for GetError {
     }
 }
 
+impl std::error::Error for GetError {}
+
 pub struct Peer {
     pub store: LocalStore,
     pub index: IndexClient,
@@ -114,19 +81,10 @@ pub struct Peer {
     config: PeerConfig,
     /// The address other peers download from.
     addr: String,
-    identity: Mutex<Option<Identity>>,
-    heartbeat_interval_ms: AtomicU64,
-    /// Set when the index may have missed a change: the agent then registers the whole list.
-    needs_register: AtomicBool,
-    /// Things the user should hear about (files the index refused); the shell prints them.
-    notices: Mutex<Vec<String>>,
-    /// File-list changes found by rescans and not yet reported: name -> new meta, or `None`
-    /// for a removal. Later findings replace earlier ones.
-    pending: Mutex<BTreeMap<String, Option<FileMeta>>>,
-    /// Publishes no index confirmed or refused (see `edit`).
-    in_doubt: Mutex<Vec<edit::InDoubt>>,
-    /// Tasks given up on since the last heartbeat.
-    failed_tasks: Mutex<Vec<TaskFailure>>,
+    /// Where every decision by time takes its time from.
+    clock: SharedClock,
+    /// What the index knows of us and still has to hear; decides when to register.
+    session: Mutex<Session>,
     /// Uploads and downloads, running and done, for `status`.
     pub transfers: Transfers,
 }
@@ -172,21 +130,16 @@ impl Transfers {
 }
 
 impl Peer {
-    pub fn new(config: PeerConfig, addr: String) -> io::Result<Peer> {
+    pub fn new(config: PeerConfig, addr: String, clock: SharedClock) -> io::Result<Peer> {
         let store = LocalStore::open(&config.dir)?;
-        let identity = store.load_identity();
+        let session = Session::new(addr.clone(), store.load_identity());
         Ok(Peer {
             store,
             index: IndexClient::new(config.index.clone(), config.index_timeout),
             downloader: Downloader::new(config.index_timeout.max(Duration::from_secs(5))),
             addr,
-            identity: Mutex::new(identity),
-            heartbeat_interval_ms: AtomicU64::new(1000),
-            needs_register: AtomicBool::new(true),
-            notices: Mutex::new(Vec::new()),
-            pending: Mutex::new(BTreeMap::new()),
-            in_doubt: Mutex::new(Vec::new()),
-            failed_tasks: Mutex::new(Vec::new()),
+            clock,
+            session: Mutex::new(session),
             transfers: Transfers::default(),
             config,
         })
@@ -219,159 +172,106 @@ impl Peer {
         &self.config
     }
 
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// The session, locked. Never held across a call to the index or the disk: take what is
+    /// needed in one statement, then call.
+    fn session(&self) -> MutexGuard<'_, Session> {
+        lock(&self.session)
+    }
+
     pub fn identity(&self) -> Option<Identity> {
-        lock(&self.identity).clone()
+        self.session().identity().cloned()
     }
 
     pub fn heartbeat_interval(&self) -> Duration {
-        Duration::from_millis(self.heartbeat_interval_ms.load(Ordering::Relaxed))
+        self.session().heartbeat_interval()
     }
 
     pub fn needs_register(&self) -> bool {
-        self.needs_register.load(Ordering::Relaxed)
-    }
-
-    /// Makes the agent register the whole file list on its next round.
-    fn request_register(&self) {
-        self.needs_register.store(true, Ordering::Relaxed);
+        self.session().must_register()
     }
 
     pub fn take_notices(&self) -> Vec<String> {
-        std::mem::take(&mut *lock(&self.notices))
+        self.session().take_notices()
     }
 
     fn notice(&self, text: String) {
-        log::warn!("{text}");
-        lock(&self.notices).push(text);
-    }
-
-    fn note_rejected(&self, rejected: &[crate::protocol::Rejected]) {
-        for r in rejected {
-            self.notice(format!("the index refused {}: {}", r.name, r.reason));
-        }
+        self.session().notice(text);
     }
 
     /// Rescans the shared folder and queues what changed for the next heartbeat.
     /// Returns whether anything changed.
     pub fn rescan(&self) -> io::Result<bool> {
         let changes = self.store.rescan()?;
-        let changed = !changes.is_empty();
-        let mut pending = lock(&self.pending);
-        for meta in changes.added {
-            pending.insert(meta.name.clone(), Some(meta));
-        }
-        for name in changes.removed {
-            pending.insert(name, None);
-        }
-        Ok(changed)
+        Ok(self.session().rescanned(changes))
     }
 
     /// Rescans and, if anything changed, tells the index at once in a heartbeat that does not
     /// wait (the agent's own is usually held by the index as a long poll). On failure the
     /// changes are not lost: the agent registers the whole list instead.
     pub fn report_changes(&self) -> io::Result<()> {
-        if self.rescan()? && !self.needs_register() {
-            if let Err(e) = self.heartbeat(Duration::ZERO) {
-                log::debug!("reporting changes failed: {e}");
-            }
+        if self.rescan()? {
+            self.report("reporting changes");
         }
         Ok(())
     }
 
-    fn take_pending(&self) -> Changes {
-        let pending = std::mem::take(&mut *lock(&self.pending));
-        let mut changes = Changes::default();
-        for (name, meta) in pending {
-            match meta {
-                Some(meta) => changes.added.push(meta),
-                None => changes.removed.push(name),
+    /// Sends what the session has to report now, if it says one can go.
+    fn report(&self, what: &str) {
+        let report = self.session().report();
+        if let Some(rq) = report {
+            if let Err(e) = self.send_heartbeat(rq) {
+                log::debug!("{what} failed: {e}");
             }
         }
-        changes
     }
 
-    /// Registers the whole file list, keeping the identity the index hands out (or confirms).
-    pub fn register(&self) -> Result<RegisterResponse, ClientError> {
-        // The full list supersedes whatever was queued before it was read.
-        self.take_pending();
-        let identity = self.identity();
-        let rq = RegisterRequest {
-            addr: self.addr.clone(),
-            files: self.store.list(),
-            peer_id: identity.as_ref().map(|i| i.peer_id.clone()),
-            token: identity.as_ref().map(|i| i.token.clone()),
-        };
-        let response = match self.index.register(&rq) {
-            Ok(r) => r,
+    /// Sends a register the session built and tells it the outcome; saves a new identity.
+    fn send_register(&self, rq: RegisterRequest) -> Result<RegisterResponse, ClientError> {
+        match self.index.register(&rq) {
+            Ok(answer) => {
+                let fresh = self.session().register_answered(&answer);
+                if let Some(fresh) = fresh {
+                    if let Err(e) = self.store.save_identity(&fresh) {
+                        log::warn!("could not save the peer identity: {e}");
+                    }
+                }
+                Ok(answer)
+            }
             Err(e) => {
-                self.request_register();
-                if matches!(e, ClientError::Api { status: 401, .. }) && identity.is_some() {
-                    // Another peer holds our id (a copied folder?): ask for a new identity.
+                if self.session().register_failed(&rq, e.failure()) {
                     log::warn!("the index refuses our identity ({e}); asking for a new one");
-                    *lock(&self.identity) = None;
                 }
-                return Err(e);
-            }
-        };
-        let fresh = Identity {
-            peer_id: response.peer_id.clone(),
-            token: response.token.clone(),
-        };
-        if identity.as_ref() != Some(&fresh) {
-            if let Err(e) = self.store.save_identity(&fresh) {
-                log::warn!("could not save the peer identity: {e}");
-            }
-            *lock(&self.identity) = Some(fresh);
-        }
-        self.heartbeat_interval_ms
-            .store(response.heartbeat_interval_ms.max(50), Ordering::Relaxed);
-        self.needs_register.store(false, Ordering::Relaxed);
-        self.note_rejected(&response.rejected);
-        Ok(response)
-    }
-
-    /// Tells the index we are alive, with the queued changes of the file list. When the
-    /// report may have been lost, the next agent round registers the whole list instead.
-    /// `wait` lets the index hold the answer until it has a task for us (long poll).
-    pub fn heartbeat(&self, wait: Duration) -> Result<HeartbeatResponse, ClientError> {
-        let Some(id) = self.identity() else {
-            self.request_register();
-            return Err(ClientError::Unavailable(vec!["not registered yet".into()]));
-        };
-        let changes = self.take_pending();
-        let had_changes = !changes.is_empty();
-        let failed = std::mem::take(&mut *lock(&self.failed_tasks));
-        let rq = HeartbeatRequest {
-            peer_id: id.peer_id,
-            token: id.token,
-            added: changes.added,
-            removed: changes.removed,
-            failed,
-            wait_ms: (!wait.is_zero()).then_some(wait.as_millis() as u64),
-        };
-        match self.index.heartbeat(&rq) {
-            Ok(response) => {
-                self.note_rejected(&response.rejected);
-                Ok(response)
-            }
-            Err(e) => {
-                if had_changes || e.needs_register() {
-                    self.request_register();
-                }
-                // Told again next time.
-                lock(&self.failed_tasks).extend(rq.failed);
                 Err(e)
             }
         }
     }
 
-    /// A task we could not carry out; the next heartbeat tells the index, which gives it to
-    /// another peer.
+    /// Sends a heartbeat the session built and tells it the outcome.
+    fn send_heartbeat(&self, rq: HeartbeatRequest) -> Result<HeartbeatResponse, ClientError> {
+        match self.index.heartbeat(&rq) {
+            Ok(answer) => {
+                self.session().heartbeat_answered(&answer);
+                Ok(answer)
+            }
+            Err(e) => {
+                self.session().heartbeat_failed(rq, e.failure());
+                Err(e)
+            }
+        }
+    }
+
+    /// A task we could not carry out. The index hears of it at once, so the copy goes
+    /// elsewhere without waiting for the long poll; if that fails, with the next heartbeat.
     pub fn task_failed(&self, task_id: &str, reason: String) {
-        lock(&self.failed_tasks).push(TaskFailure {
+        self.session().task_failed(TaskFailure {
             task_id: task_id.to_string(),
             reason,
         });
+        self.report("reporting the failed task");
     }
 
     /// Tells the index we hold `meta`. Publishing a new version takes the file's `lease_id`.
@@ -380,8 +280,8 @@ impl Peer {
         meta: &FileMeta,
         lease_id: Option<&str>,
     ) -> Result<AnnounceResponse, ClientError> {
+        // No identity means a register is due already.
         let Some(id) = self.identity() else {
-            self.request_register();
             return Err(ClientError::Unavailable(vec!["not registered yet".into()]));
         };
         let rq = AnnounceRequest {
@@ -393,13 +293,9 @@ impl Peer {
             sha256: meta.sha256.clone(),
             lease_id: lease_id.map(String::from),
         };
-        self.index.announce(&rq).inspect_err(|e| {
-            // When the index may have missed it, a full register tells it again. (A refusal
-            // is an answer: the index's record of us is as it was.)
-            if !matches!(e, ClientError::Api { .. }) || e.needs_register() {
-                self.request_register();
-            }
-        })
+        self.index
+            .announce(&rq)
+            .inspect_err(|e| self.session().announce_failed(e.failure()))
     }
 
     /// Looks up the exact name on the index.
@@ -453,7 +349,7 @@ impl Peer {
         drop(running);
         self.transfers.downloaded();
         self.installed(&want.name);
-        let announce_error = self.announce(want, None).err().map(|e| e.to_string());
+        let announce_error = self.announce(want, None).err();
         Ok(Fetched {
             meta: want.clone(),
             source,
@@ -461,11 +357,9 @@ impl Peer {
         })
     }
 
-    /// A file was put in place by us, not found by a rescan: whatever a rescan queued for
-    /// it before (e.g. its removal, when a local copy was set aside) no longer holds, and the
-    /// announce that follows reports it.
+    /// A file was put in place by us, not found by a rescan (see `Session::installed`).
     fn installed(&self, name: &str) {
-        lock(&self.pending).remove(name);
+        self.session().installed(name);
     }
 
     /// Leaves the index gracefully: our holdings disappear from it at once.
@@ -492,7 +386,16 @@ pub struct PeerNode {
 }
 
 impl PeerNode {
+    /// Starts a peer on the system clock.
     pub fn start(config: PeerConfig) -> io::Result<PeerNode> {
+        PeerNode::start_with_clock(config, crate::clock::SystemClock::shared())
+    }
+
+    /// Starts a peer that takes every decision by time from `clock`.
+    pub fn start_with_clock(config: PeerConfig, clock: SharedClock) -> io::Result<PeerNode> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let http = crate::net::HttpServer::start(
             &config.listen,
             crate::net::Limits {
@@ -506,52 +409,36 @@ impl PeerNode {
             .clone()
             .unwrap_or_else(|| bound.to_string());
         let slots = config.upload_slots.max(1);
-        let peer = Arc::new(Peer::new(config, addr)?);
+        let peer = Arc::new(Peer::new(config, addr, clock)?);
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let mut threads = Vec::new();
         let (dispatcher, calls) = http.spawn_dispatcher(server::refuse)?;
         threads.push(dispatcher);
         for n in 0..slots {
             let (peer, calls) = (peer.clone(), calls.clone());
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("upload-{n}"))
-                    .spawn(move || server::serve(&peer, &calls))?,
-            );
+            threads.push(spawn(format!("upload-{n}"), move || {
+                server::serve(&peer, &calls)
+            })?);
         }
         let (fail, failed) = crossbeam_channel::bounded(1);
         threads.push(http.spawn_warden(stopped.clone(), move || {
             let _ = fail.try_send(());
         })?);
         let (tasks, inbox) = agent::TaskQueue::new();
-        {
-            let peer = peer.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name("tasks".into())
-                    .spawn(move || agent::run_tasks(&peer, &inbox))?,
-            );
-        }
+        let worker = peer.clone();
+        threads.push(spawn("tasks", move || agent::run_tasks(&worker, &inbox))?);
         // Scan and register before returning, so a shell started right after can announce
         // at once; if no index answers, the agent keeps trying.
         peer.rescan()?;
-        agent::register(&peer, &tasks);
-        {
-            let (peer, stopped) = (peer.clone(), stopped.clone());
-            threads.push(
-                std::thread::Builder::new()
-                    .name("scanner".into())
-                    .spawn(move || agent::run_scanner(&peer, &stopped))?,
-            );
-        }
-        {
-            let peer = peer.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name("agent".into())
-                    .spawn(move || agent::run(&peer, &stopped, &tasks))?,
-            );
-        }
+        agent::round(&peer, &tasks);
+        let (scanner, scanner_stop) = (peer.clone(), stopped.clone());
+        threads.push(spawn("scanner", move || {
+            agent::run_scanner(&scanner, &scanner_stop)
+        })?);
+        let agent = peer.clone();
+        threads.push(spawn("agent", move || {
+            agent::run(&agent, &stopped, &tasks)
+        })?);
         log::info!(
             "peer serving {} at {}",
             peer.store.dir().display(),

@@ -6,7 +6,7 @@ use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::process::Command;
 
-use super::edit::EditOutcome;
+use super::edit::{EditOutcome, EditorError};
 use super::{GetError, Peer};
 use crate::protocol::{validate_file_name, Holder, SearchResult};
 
@@ -144,7 +144,6 @@ fn search(peer: &Peer, text: &str, out: &mut impl Write) -> io::Result<()> {
     }
 }
 
-/// Downloads `name` and reports how it went. Returns whether the file is now here.
 /// A download progress line for large files. It goes to stderr, and only to a terminal: a
 /// script reading the output sees results only.
 fn progress_bar() -> impl FnMut(u64, u64) {
@@ -166,6 +165,7 @@ fn progress_bar() -> impl FnMut(u64, u64) {
     }
 }
 
+/// Downloads `name` and reports how it went. Returns whether the file is now here.
 fn fetch(peer: &Peer, name: &str, out: &mut impl Write) -> io::Result<bool> {
     let mut progress = progress_bar();
     match peer.get(name, &mut progress) {
@@ -229,7 +229,7 @@ fn update(peer: &Peer, arg: &str, out: &mut impl Write) -> io::Result<()> {
         .filter_map(|var| std::env::var(var).ok())
         .find(|e| !e.trim().is_empty())
         .unwrap_or_else(|| "vi".into());
-    let mut run_editor = |path: &Path| -> Result<(), String> {
+    let mut run_editor = |path: &Path| -> Result<(), EditorError> {
         // Through the shell, so EDITOR may carry arguments ("code --wait").
         let status = Command::new("sh")
             .arg("-c")
@@ -239,20 +239,24 @@ fn update(peer: &Peer, arg: &str, out: &mut impl Write) -> io::Result<()> {
             .status();
         match status {
             Ok(s) if s.success() => Ok(()),
-            Ok(s) => Err(format!("the editor exited with {s}")),
-            Err(e) => Err(format!("could not start the editor {editor:?}: {e}")),
+            Ok(s) => Err(EditorError::Exited(s)),
+            Err(error) => Err(EditorError::NotStarted {
+                editor: editor.clone(),
+                error,
+            }),
         }
     };
     update_with(peer, name, out, &mut run_editor)
 }
 
 /// `update` with the editor given as a function of the working copy's path (the demo's
-/// scripted tour edits without a terminal this way).
-pub fn update_with(
+/// scripted tour edits without a terminal this way). Its error may be an [`EditorError`] or
+/// anything that becomes one, such as a message.
+pub fn update_with<E: Into<EditorError>>(
     peer: &Peer,
     name: &str,
     out: &mut impl Write,
-    run_editor: &mut dyn FnMut(&Path) -> Result<(), String>,
+    run_editor: &mut dyn FnMut(&Path) -> Result<(), E>,
 ) -> io::Result<()> {
     let mut progress = progress_bar();
     let outcome = {
@@ -260,7 +264,8 @@ pub fn update_with(
             let _ = writeln!(out, "{line}");
             let _ = out.flush();
         };
-        peer.edit(name, &mut say, &mut progress, run_editor)
+        let mut editor = |path: &Path| run_editor(path).map_err(Into::into);
+        peer.edit(name, &mut say, &mut progress, &mut editor)
     };
     match outcome {
         Ok(EditOutcome::Published { meta }) => writeln!(
