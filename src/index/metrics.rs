@@ -2,11 +2,12 @@
 //! 0.0.4). Request latencies are histograms per endpoint and status, recorded by the HTTP
 //! edge; everything else is read from the index when scraped.
 
-use crate::threads::lock;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
+
+use crate::threads::lock;
 
 /// Upper bounds of the latency buckets, in seconds: 100 µs to 10 s, as requests on loopback
 /// take well under a millisecond and a long-polled heartbeat's handling is not its wait.

@@ -23,7 +23,6 @@
 //! - If the accept thread ends anyway, the warden notices that the listening socket is gone
 //!   and reports it, so the process can stop and be restarted rather than sit deaf.
 
-use crate::threads::lock;
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
@@ -33,6 +32,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use crate::threads::lock;
 
 /// Descriptors a connection costs inside tiny_http: the stream and its clone.
 const FDS_PER_CONNECTION: u64 = 2;

@@ -5,7 +5,6 @@
 //! folder and reports what changed at once. None of them decides whether to register or how
 //! long to wait: that is the session's (`session`).
 
-use crate::threads::{lock, stopped};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -15,6 +14,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use super::session::{Round, RoundEnd};
 use super::Peer;
 use crate::protocol::{FileMeta, Task};
+use crate::threads::{lock, stopped};
 
 /// Tasks waiting for the worker; beyond this the index hands them out again later.
 const TASK_QUEUE: usize = 256;

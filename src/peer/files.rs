@@ -7,7 +7,6 @@
 //! what must not be lost but cannot be published is kept in `DIR/.nap/unpublished/`. Nothing
 //! here talks to the network.
 
-use crate::threads::lock;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -19,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hashing::sha256_of;
 use crate::protocol::{self, FileMeta};
+use crate::threads::lock;
 
 const NAP_DIR: &str = ".nap";
 const CATALOG: &str = "files.json";

@@ -18,7 +18,6 @@ pub mod server;
 pub mod session;
 pub mod shell;
 
-use crate::threads::{lock, spawn};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -40,6 +39,7 @@ use crate::protocol::{
     AnnounceRequest, AnnounceResponse, FileMeta, HeartbeatRequest, HeartbeatResponse,
     RegisterRequest, RegisterResponse, SearchResult, TaskFailure, UnregisterRequest,
 };
+use crate::threads::{lock, spawn};
 
 /// What `Peer::get` did.
 #[derive(Debug)]
