@@ -79,6 +79,11 @@ impl Backlog {
             .collect()
     }
 
+    /// The seq of the newest op kept (0: none).
+    pub fn last_seq(&self) -> u64 {
+        self.lock().ops.back().map_or(0, |o| o.seq)
+    }
+
     /// Waits until an op after `seq` is in the backlog, or `timeout` passes.
     pub fn wait_after(&self, seq: u64, timeout: Duration) {
         let kept = self.lock();

@@ -195,8 +195,13 @@ impl Index {
                     None => empty(recovered.epoch),
                 };
                 let replayed = recovered.ops.len();
+                // A primary's shadows may lack the tail it replays: it goes to them first.
+                let backlog = role.primary().and_then(|p| p.backlog.as_ref());
                 for op in recovered.ops {
                     let seq = op.seq;
+                    if let Some(backlog) = backlog {
+                        backlog.push(op.clone());
+                    }
                     if let Err(e) = state.apply(op.op, op.at) {
                         return Err(invalid_data(format!(
                             "{place}: logged op {seq} does not apply ({e}); the log is damaged"
@@ -425,6 +430,20 @@ impl Index {
         self.read().snapshot()
     }
 
+    /// The state as a snapshot, once all it holds is on disk: what another index may take
+    /// (a crash here must not take back what a shadow was given).
+    pub fn durable_snapshot(&self) -> Result<Snapshot, SubmitError> {
+        let snapshot = self.snapshot();
+        if let Some(journal) = &self.journal {
+            let stored = match journal.fsync() {
+                Fsync::Always => journal.wait_durable(snapshot.seq),
+                Fsync::Batch | Fsync::Never => journal.sync_all(),
+            };
+            stored.map_err(|e| SubmitError::Storage(e.to_string()))?;
+        }
+        Ok(snapshot)
+    }
+
     /// Writes out what no request waits for and, once the journal since the last snapshot
     /// holds `--snapshot-every` ops and at least as many as the state has files (a large
     /// state, whose encoding holds the read lock longest, is snapshotted less often),
@@ -546,18 +565,8 @@ mod tests {
     /// Ships what the shadow lacks, as the pusher would.
     fn push(primary: &Index, shadow: &Index) -> SyncResponse {
         let backlog = primary.role().primary().unwrap().backlog.clone().unwrap();
-        let (epoch, liveness) = {
-            let state = primary.read();
-            (state.epoch().to_string(), state.liveness())
-        };
-        let ops = backlog.after(shadow.read().seq(), 1000, 1000);
-        shadow
-            .apply_sync(SyncRequest {
-                epoch,
-                ops,
-                liveness,
-            })
-            .unwrap()
+        let ops = primary.shippable_after(&backlog, shadow.read().seq());
+        shadow.apply_sync(primary.sync_request(ops, true)).unwrap()
     }
 
     #[test]
@@ -641,6 +650,7 @@ mod tests {
                 epoch: primary.read().epoch().to_string(),
                 ops: backlog.after(5, 1000, 1000),
                 liveness: Vec::new(),
+                head: primary.read().seq(),
             })
             .unwrap();
         assert!(answer.need_snapshot);

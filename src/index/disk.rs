@@ -186,6 +186,8 @@ impl Disk for DirDisk {
 #[derive(Default)]
 pub struct MemDisk {
     files: Mutex<BTreeMap<String, MemFile>>,
+    /// Armed by `fail_next_append`: how many bytes of the next append reach the disk.
+    torn: Mutex<Option<usize>>,
 }
 
 #[derive(Default, Clone)]
@@ -201,13 +203,21 @@ impl MemDisk {
 
     /// A crash: every file keeps its synced bytes and, of what was appended since, the first
     /// `keep(name, unsynced_len)` bytes (0: all lost; a number inside a record: a torn write).
+    /// A fault armed by `fail_next_append` ends with the crash.
     pub fn crash(&self, mut keep: impl FnMut(&str, usize) -> usize) {
+        *lock(&self.torn) = None;
         for (name, file) in lock(&self.files).iter_mut() {
             let kept = keep(name, file.unsynced.len()).min(file.unsynced.len());
             let tail: Vec<u8> = file.unsynced.drain(..kept).collect();
             file.synced.extend_from_slice(&tail);
             file.unsynced.clear();
         }
+    }
+
+    /// The next append fails after `keep` of its bytes reached the disk (and were synced):
+    /// the power failing in the middle of a write. The caller then crashes the node.
+    pub fn fail_next_append(&self, keep: usize) {
+        *lock(&self.torn) = Some(keep);
     }
 
     /// Replaces the content of `name` outright (for tests that damage a file).
@@ -256,6 +266,14 @@ impl Disk for MemDisk {
     fn append(&self, name: &str, bytes: &[u8], sync: bool) -> io::Result<()> {
         let mut files = lock(&self.files);
         let file = files.entry(name.to_string()).or_default();
+        if let Some(keep) = lock(&self.torn).take() {
+            let kept = &bytes[..keep.min(bytes.len())];
+            file.synced.append(&mut file.unsynced);
+            file.synced.extend_from_slice(kept);
+            return Err(io::Error::other(
+                "the power failed in the middle of a write",
+            ));
+        }
         file.unsynced.extend_from_slice(bytes);
         if sync {
             let tail = std::mem::take(&mut file.unsynced);
@@ -303,6 +321,10 @@ mod tests {
         disk.append("a", b"xyz", false).unwrap();
         disk.crash(|_, _| 0);
         assert_eq!(disk.read("a").unwrap().unwrap(), b"onet");
+        disk.fail_next_append(2);
+        assert!(disk.append("a", b"uvw", true).is_err());
+        assert_eq!(disk.read("a").unwrap().unwrap(), b"onetuv");
+        disk.append("a", b"!", true).unwrap();
         assert!(disk.read("c").unwrap().is_none());
     }
 

@@ -428,6 +428,19 @@ impl Journal {
         inner
     }
 
+    /// The highest seq on disk (fsynced; with `--fsync never`, written).
+    pub fn durable_seq(&self) -> u64 {
+        self.lock().durable
+    }
+
+    /// Waits until an op after `seq` is on disk, or `timeout` passes.
+    pub fn wait_durable_past(&self, seq: u64, timeout: std::time::Duration) {
+        let inner = self.lock();
+        let _ = self
+            .written
+            .wait_timeout_while(inner, timeout, |i| i.durable <= seq && i.failed.is_none());
+    }
+
     /// Records written since the last snapshot: the keeper snapshots past a threshold.
     pub fn since_snapshot(&self) -> u64 {
         self.lock().since_snapshot

@@ -2,9 +2,10 @@
 //!
 //! On the primary every applied op goes, under the state's write lock, into the bounded
 //! `backlog`. One pusher thread per shadow sends what the shadow has not acknowledged in
-//! batches (`POST /sync`), with retry and back-off; no client request waits for a shadow, and
-//! the backlog's bound caps what a dead shadow can cost. A shadow applies the ops through
-//! the same `IndexState::apply`, so at each sequence number its state equals the primary's.
+//! batches (`POST /sync`), with retry and back-off, and only ops already on the primary's
+//! disk (persist before you send); no client request waits for a shadow, and the backlog's
+//! bound caps what a dead shadow can cost. A shadow applies the ops through the same
+//! `IndexState::apply`, so at each sequence number its state equals the primary's.
 //!
 //! A shadow that cannot continue from what it is sent (it started late, restarted, missed ops
 //! that fell out of the backlog, or the primary restarted with a new epoch) answers
@@ -48,6 +49,11 @@ pub struct SyncRequest {
     /// The primary's liveness table, when due.
     #[serde(default)]
     pub liveness: Vec<(String, Millis)>,
+    /// The primary's newest op a shadow may have (on its disk). A shadow below it that is
+    /// sent no op at all cannot catch up by the stream (the primary restarted, or its backlog
+    /// lost what the shadow lacks) and takes a snapshot.
+    #[serde(default)]
+    pub head: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,27 +177,22 @@ pub fn push(
         if stopped(stop, Duration::ZERO) {
             return;
         }
-        let ops = backlog.after(acked, BATCH, BATCH_WEIGHT);
+        let ops = index.shippable_after(backlog, acked);
+        let behind = ops.is_empty() && acked < index.shippable_head();
         let liveness_due =
             liveness_sent.is_none_or(|t| clock.elapsed().saturating_sub(t) >= liveness_every);
-        if ops.is_empty() && !liveness_due {
-            backlog.wait_after(acked, liveness_every.min(Duration::from_millis(250)));
+        if ops.is_empty() && !liveness_due && !behind {
+            let wait = liveness_every.min(Duration::from_millis(250));
+            match index.journal() {
+                // Ops are there but not yet on disk: wait for the disk, not for more ops.
+                Some(journal) if backlog.last_seq() > acked => {
+                    journal.wait_durable_past(acked, wait)
+                }
+                _ => backlog.wait_after(acked, wait),
+            }
             continue;
         }
-        let (epoch, liveness) = {
-            let state = index.read();
-            let liveness = if liveness_due {
-                state.liveness()
-            } else {
-                Vec::new()
-            };
-            (state.epoch().to_string(), liveness)
-        };
-        let request = SyncRequest {
-            epoch,
-            ops,
-            liveness,
-        };
+        let request = index.sync_request(ops, liveness_due);
         let sent = answer::<SyncResponse>(
             agent
                 .post(&url)
@@ -296,6 +297,42 @@ pub fn recover(shadows: &[String], secret: &str) -> Option<(String, Snapshot)> {
         .max_by_key(|(_, snapshot)| snapshot.seq)
 }
 
+impl Index {
+    /// The next batch for a shadow that has everything up to `acked`: ops after it, in
+    /// order, but only those on the primary's disk. An op a crash could still take from the
+    /// primary must not reach a shadow, or the two would hold different ops under one
+    /// sequence number once the primary restarts and reuses it.
+    pub fn shippable_after(&self, backlog: &Backlog, acked: u64) -> Vec<AppliedOp> {
+        let mut ops = backlog.after(acked, BATCH, BATCH_WEIGHT);
+        let head = self.shippable_head();
+        ops.retain(|op| op.seq <= head);
+        ops
+    }
+
+    /// The newest op a shadow may have: the newest on this primary's disk (all of them,
+    /// without a disk).
+    pub fn shippable_head(&self) -> u64 {
+        let seq = self.read().seq();
+        self.journal().map_or(seq, |j| j.durable_seq().min(seq))
+    }
+
+    /// A push of `ops`, with the liveness table when `liveness` says so.
+    pub fn sync_request(&self, ops: Vec<AppliedOp>, liveness: bool) -> SyncRequest {
+        let head = self.shippable_head();
+        let state = self.read();
+        SyncRequest {
+            epoch: state.epoch().to_string(),
+            ops,
+            liveness: if liveness {
+                state.liveness()
+            } else {
+                Vec::new()
+            },
+            head,
+        }
+    }
+}
+
 /// The shadow's side: taking the primary's pushes and snapshots.
 impl Index {
     /// Applies the primary's ops that follow on from this state, and waits until they are on
@@ -329,6 +366,14 @@ impl Index {
             } else {
                 return need_snapshot(shadow, &state, "the primary's epoch changed");
             }
+        }
+        if rq.ops.is_empty() && rq.head > state.seq() {
+            let why = format!(
+                "the primary is at {} and sent nothing after {}",
+                rq.head,
+                state.seq()
+            );
+            return need_snapshot(shadow, &state, &why);
         }
         for sync in rq.ops {
             if sync.seq <= state.seq() {

@@ -148,7 +148,7 @@ fn dispatch(index: &Index, rq: &Request) -> Result<Reply, ApiError> {
         protocol::PATH_SNAPSHOT => {
             get()?;
             check_secret(index, rq)?;
-            Ok(Reply::json(200, &index.snapshot()))
+            Ok(Reply::json(200, &index.durable_snapshot()?))
         }
         other => Err(ApiError::not_found(format!("no such endpoint: {other}"))),
     }
