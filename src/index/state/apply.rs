@@ -83,14 +83,14 @@ impl IndexState {
             lease_id,
         } = op;
         self.authed_peer(&peer_id, &token_hash)?;
-        let (name, version) = (file.name.clone(), file.version);
+        let name = file.name.clone();
         match self.check_holding(&file).map_err(StateError::Conflict)? {
             Claim::Known => {}
             Claim::Next => {
                 let lease_id = lease_id.ok_or_else(|| {
                     StateError::Conflict(Conflict::LeaseRequired {
                         name: name.clone(),
-                        version,
+                        version: file.version,
                         in_list: false,
                     })
                 })?;
@@ -111,22 +111,8 @@ impl IndexState {
         if let Some(peer) = self.peers.get_mut(&peer_id) {
             peer.last_seen_ms = now;
         }
-        let entry = self.files.get(&name);
-        let latest_version = entry.map_or(0, FileEntry::latest_version);
-        // Holders of an older version now have a refresh task.
-        let stale_holders = match entry {
-            Some(entry) if version == latest_version => entry
-                .holders
-                .iter()
-                .filter(|(_, held)| **held < version)
-                .map(|(id, _)| id.clone())
-                .collect(),
-            _ => Vec::new(),
-        };
-        Ok(Announced {
-            latest_version,
-            stale_holders,
-        })
+        let latest_version = self.files.get(&name).map_or(0, FileEntry::latest_version);
+        Ok(Announced { latest_version })
     }
 
     pub(super) fn unregister(

@@ -135,9 +135,6 @@ pub struct HeartbeatAccepted {
 pub struct Announced {
     /// The newest version of the file after the announce.
     pub latest_version: u64,
-    /// When the announce published a new version: the peers left holding an older one (they
-    /// have a refresh task now).
-    pub stale_holders: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
