@@ -518,6 +518,11 @@ impl Sim {
         let peer = &self.peers[i];
         let body = serde_json::json!({"peer_id": peer.id, "token": peer.token, "file": name,
             "version": version, "size": content.len(), "sha256": sha, "lease_id": lease_id});
+        let mut body = body;
+        if !leased && self.rng.chance(30) {
+            // No lease at all, not even a wrong one.
+            body.as_object_mut().map(|b| b.remove("lease_id"));
+        }
         let Some((status, _, seq)) = self.send("/announce", &body) else {
             return Ok(());
         };
