@@ -350,6 +350,13 @@ impl Journal {
                 inner = self.written.wait(inner).unwrap_or_else(|e| e.into_inner());
                 continue;
             }
+            if inner.queue.is_empty() {
+                // Nothing to write will ever bring it: an error, not a wait for ever.
+                return Err(io::Error::other(format!(
+                    "op {seq} was never given to the log (it is at {})",
+                    inner.durable
+                )));
+            }
             inner = self.write_queued(inner, true);
         }
     }
