@@ -1,7 +1,7 @@
 //! Replication convergence and churn recovery of a replicating `nap-index` (factor R), measured
 //! on 127.0.0.1.
 //!
-//!     cargo build --release && cargo run --release --example replication -- [--peers N]
+//!     cargo run --release -p nap-bench --bin replication -- [--peers N]
 //!         [--trials T] [--sizes 1024,1048576] [--heartbeat-interval SECS]
 //!         [--churn-peers M] [--files F] [--file-size BYTES] [--peer-timeout SECS]
 //!         [--replication-factor R] [--max-tasks-per-peer K] [--count-requests]
@@ -34,16 +34,12 @@
 //! from /proc. With `--count-requests` the index logs every request (RUST_LOG=debug), and the
 //! heartbeats it answered and the planner passes that assigned copies are counted per phase.
 //!
-//! The binaries are taken from beside this example (target/<profile>/), so build them first.
-//! Every process is killed and every temporary folder removed when the bench ends, also when
-//! it panics.
-
-mod support;
+//! The binaries are taken from beside this program (target/<profile>/); run through cargo,
+//! it builds them first. Every process is killed and every temporary folder removed when the
+//! bench ends, also when it panics.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -51,7 +47,7 @@ use argh::FromArgs;
 use nap::peer::client::{ClientError, IndexClient};
 use nap::peer::{PeerConfig, PeerNode};
 use nap::protocol::StatusResponse;
-use support::{ms, Fleet, ProcId, Rng};
+use nap_bench::support::{self, ms, Fleet, ProcId, Rng};
 
 /// Replication convergence and churn recovery of nap-index with replication factor R.
 #[derive(FromArgs)]
@@ -114,38 +110,8 @@ const DEADLINE: Duration = Duration::from_secs(120);
 
 // ----- processes ----------------------------------------------------------------------------
 
-/// Starts `bin` with `args` and returns it with the first line it prints on stdout (both
-/// nap binaries print their address there once they serve). Stdout is drained on a thread;
-/// stderr goes to a log file, shown if the bench fails.
-fn spawn(
-    fleet: &mut Fleet,
-    name: &str,
-    bin: &Path,
-    args: &[String],
-    rust_log: &str,
-) -> (ProcId, String) {
-    let mut command = Command::new(bin);
-    command
-        .args(args)
-        .env("RUST_LOG", rust_log)
-        .stdout(Stdio::piped());
-    let id = fleet.start(name, &mut command);
-    let stdout = fleet.child(id).stdout.take().expect("piped stdout");
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(first)) = lines.next() {
-            let _ = tx.send(first);
-        }
-        for _ in lines {}
-    });
-    match rx.recv_timeout(DEADLINE) {
-        Ok(line) => (id, line),
-        Err(_) => panic!("{name} printed no address (it exited or hangs)"),
-    }
-}
-
-/// A `nap-index` on a free port; returns it and its base URL.
+/// A `nap-index` on a free port, logging at `rust_log` (stderr goes to a log file, shown
+/// if the bench fails); returns it and its base URL.
 fn start_index(
     fleet: &mut Fleet,
     bin: &Path,
@@ -153,24 +119,15 @@ fn start_index(
     rust_log: &str,
 ) -> (ProcId, String) {
     // In memory: what is measured is replication, not the disk.
-    let mut args = vec![
-        "--listen".to_string(),
-        "127.0.0.1:0".to_string(),
-        "--in-memory".to_string(),
-    ];
+    let mut args = vec!["--in-memory".to_string()];
     for (flag, value) in flags {
         args.push(format!("--{flag}"));
         args.push(value.clone());
     }
-    let (id, line) = spawn(fleet, "index", bin, &args, rust_log);
-    // "nap-index listening on http://127.0.0.1:PORT"
-    let url = line
-        .rsplit(' ')
-        .next()
-        .filter(|u| u.starts_with("http://"))
-        .unwrap_or_else(|| panic!("unexpected first line of nap-index: {line:?}"))
-        .to_string();
-    (id, url)
+    let env = [("RUST_LOG", rust_log)];
+    let index = nap_harness::start_index(bin, "index", "127.0.0.1:0", &args, &env);
+    let url = index.url.clone();
+    (fleet.adopt(index.proc), url)
 }
 
 /// A `nap-peer serve --daemon` sharing `dir`; returns it and the address it serves files at.
@@ -191,14 +148,8 @@ fn start_peer(
     ]
     .map(String::from)
     .to_vec();
-    let (id, line) = spawn(fleet, name, bin, &args, "info");
-    // "nap peer serving DIR at ADDR (index: URL)"
-    let addr = line
-        .rsplit_once(" (index: ")
-        .and_then(|(head, _)| head.rsplit_once(" at "))
-        .map(|(_, addr)| addr.to_string())
-        .unwrap_or_else(|| panic!("unexpected first line of {name}: {line:?}"));
-    (id, addr)
+    let peer = nap_harness::start_peer(bin, name, &args, &[("RUST_LOG", "info")]);
+    (fleet.adopt(peer.proc), peer.addr)
 }
 
 /// CPU seconds (user + system) a process has used so far, from /proc (Linux; USER_HZ 100).
@@ -391,7 +342,7 @@ fn convergence(args: &Args, index_bin: &Path) {
         let name = format!("new {n:03} of {}.bin", size_name(size));
         let content = rng.bytes(size);
         // Any moment of the origin's heartbeat cycle, like a user saving a file.
-        std::thread::sleep(heartbeat.mul_f64((rng.next() % 1000) as f64 / 1000.0));
+        std::thread::sleep(heartbeat.mul_f64((rng.next_u64() % 1000) as f64 / 1000.0));
 
         let t0 = Instant::now();
         fs::write(dirs[origin].join(&name), &content).expect("writing the new file");

@@ -1,7 +1,7 @@
 //! Failover and replication lag of a primary/shadow pair, measured with real `nap-index`
 //! processes on 127.0.0.1.
 //!
-//!     cargo build --release && cargo run --release --example failover -- [--trials N]
+//!     cargo run --release -p nap-bench --bin failover -- [--trials N]
 //!         [--seconds S] [--writers W] [--index-timeout SECS] [--only failover|lag]
 //!
 //! Failover: a client searches back to back through nap's own failover client
@@ -17,9 +17,8 @@
 //! a probe publishes a version every 100 ms and times how long until the shadow's `GET /file`
 //! shows it. After the writes stop, the shadow must converge: equal seq, epoch and digest.
 //!
-//! The binaries are taken from beside this example (target/<profile>/), so build them first.
-
-mod support;
+//! The binaries are taken from beside this program (target/<profile>/); run through cargo,
+//! it builds them first.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -34,9 +33,9 @@ use nap::protocol::{
     self, AnnounceRequest, AnnounceResponse, FileInfoResponse, FileMeta, LeaseRequest,
     LeaseResponse, RegisterRequest, RegisterResponse, StatusResponse,
 };
-use support::{
-    first_version, get_json, ms, pct, post_json, sha_hex, start_pair, start_primary, Fleet, Pair,
-    ProcId, DEADLINE,
+use nap_bench::support::{
+    self, first_version, get_json, ms, pct, post_json, sha_hex, start_pair, start_primary, Fleet,
+    Pair, DEADLINE,
 };
 
 /// Failover recovery time and shadow lag of a nap-index primary/shadow pair.
@@ -75,12 +74,6 @@ impl FromStr for Part {
             &[("failover", Part::Failover), ("lag", Part::Lag)],
         )
     }
-}
-
-/// Sends SIGSTOP or SIGCONT: a fault that was not delivered would be measured as none.
-fn signal(fleet: &mut Fleet, pid: ProcId, name: &str) {
-    let sent = fleet.signal(pid, name);
-    assert!(sent, "kill -{name} {}", fleet.pid(pid));
 }
 
 /// Flags of every index here: no peer is pruned while a trial runs (they never heartbeat),
@@ -323,7 +316,8 @@ fn failover_trial(bin: &Path, fault: Fault, timeout: Duration) -> Trial {
     let t0 = Instant::now();
     match fault {
         Fault::Kill => fleet.kill(primary),
-        Fault::Freeze => signal(&mut fleet, primary, "STOP"),
+        // A fault that was not delivered would be measured as none: the signal panics then.
+        Fault::Freeze => fleet.signal(primary, "STOP"),
     }
     loop {
         let s = trial.count(next(&events), true);
@@ -350,7 +344,7 @@ fn failover_trial(bin: &Path, fault: Fault, timeout: Duration) -> Trial {
             // It comes back empty (a new epoch): searches then find nothing, by design.
             start_primary(&mut fleet, bin, pport, &surl, &common_args());
         }
-        Fault::Freeze => signal(&mut fleet, primary, "CONT"),
+        Fault::Freeze => fleet.signal(primary, "CONT"),
     }
     while back_from.elapsed() < DEADLINE {
         if client.probe_primary() {

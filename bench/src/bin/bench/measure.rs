@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nap::peer::client::IndexClient;
@@ -145,9 +145,9 @@ fn failover(settings: &Settings, bin: &Path, fault: Fault) -> Metric {
         match fault {
             Fault::Kill => fleet.kill(pair.primary),
             Fault::Freeze => {
-                assert!(fleet.signal(pair.primary, "STOP"), "kill -STOP");
+                fleet.signal(pair.primary, "STOP");
                 assert!(
-                    support::wait_stopped(fleet.pid(pair.primary)),
+                    fleet.proc(pair.primary).wait_stopped(DEADLINE),
                     "still running"
                 );
             }
@@ -205,8 +205,7 @@ fn convergence(settings: &Settings, index_bin: &Path, peer_bin: &Path) -> Vec<Me
             .args(["serve", "--daemon", "--listen", "127.0.0.1:0"])
             .arg("--dir")
             .arg(dir)
-            .args(["--index", &urls, "--rescan-interval", "0.05"])
-            .stdout(Stdio::null());
+            .args(["--index", &urls, "--rescan-interval", "0.05"]);
         fleet.start(&format!("peer-{n}"), &mut command);
     }
     let client = IndexClient::new(vec![pair.purl.clone()], settings.timeout);

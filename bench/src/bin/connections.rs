@@ -1,6 +1,6 @@
 //! What the connection limit costs and does, measured on a real `nap-index`.
 //!
-//!     cargo run --release --example connections -- [--open 0,1000,4000] [--seconds 10]
+//!     cargo run --release -p nap-bench --bin connections -- [--open 0,1000,4000] [--seconds 10]
 //!
 //! For each count N: a fresh index (in memory, `--idle-timeout 600`, `--max-connections`
 //! above N) gets N connections from this process that send nothing. Once the index counts
@@ -10,15 +10,13 @@
 //! time from the last one opened until the index has closed the excess.
 //! Linux only (the warden reads /proc/self/fd).
 
-mod support;
-
 use std::io::Read;
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use argh::FromArgs;
-use support::{Fleet, List, DEADLINE};
+use nap_bench::support::{self, Fleet, List, ProcId, DEADLINE, SECRET};
 
 /// Cost of the warden with N idle connections open.
 #[derive(FromArgs)]
@@ -63,7 +61,7 @@ fn cpu(pid: u32, thread: &str) -> (f64, f64) {
 }
 
 fn metric(url: &str, name: &str) -> Option<f64> {
-    let text = support::agent()
+    let text = nap_harness::api_agent()
         .get(&format!("{url}/metrics"))
         .call()
         .ok()?
@@ -74,25 +72,20 @@ fn metric(url: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
-fn start(fleet: &mut Fleet, bin: &Path, max: usize) -> (support::ProcId, String) {
-    let (port, _) = support::free_ports();
-    let id = support::start_index(
-        fleet,
-        bin,
-        "index",
-        port,
-        &[],
-        &[
-            "--in-memory".into(),
-            "--idle-timeout".into(),
-            "600".into(),
-            "--max-connections".into(),
-            max.to_string(),
-        ],
-    );
-    let url = format!("http://127.0.0.1:{port}");
-    support::wait_ready(fleet, id, &url, "primary");
-    (id, url)
+fn start(fleet: &mut Fleet, bin: &Path, max: usize) -> (ProcId, String) {
+    let flags = [
+        "--cluster-secret",
+        SECRET,
+        "--in-memory",
+        "--idle-timeout",
+        "600",
+        "--max-connections",
+        &max.to_string(),
+    ];
+    let mut index = nap_harness::start_index(bin, "index", "127.0.0.1:0", &flags, &[]);
+    index.wait_ready("primary");
+    let url = index.url.clone();
+    (fleet.adopt(index.proc), url)
 }
 
 fn open(url: &str, n: usize) -> Vec<TcpStream> {

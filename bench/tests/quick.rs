@@ -1,35 +1,26 @@
-//! The evaluation suite's smoke run: `bench --quick` (the example `cargo test` builds beside
-//! the binaries) completes, every call it made succeeded, and it wrote its tables, figure
-//! and summary. No speed is asserted: its numbers belong in BENCHMARKS.md, not in a test.
+//! The evaluation suite's smoke run: `bench --quick` completes, every call it made succeeded,
+//! and it wrote its tables, figure and summary. No speed is asserted: its numbers belong in
+//! BENCHMARKS.md, not in a test.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
 
-/// Kills the bench if the test fails or times out.
-struct KillOnDrop(Child);
+use nap_harness::Proc;
 
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// The nap binaries the bench runs, from beside it (target/<profile>/): `cargo test` at the
+/// workspace root builds them, as nap's own tests need them.
+fn nap_binaries_beside(bench: &Path) {
+    let dir = bench.parent().expect("target/<profile>");
+    for name in ["nap-index", "nap-peer"] {
+        let bin = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+        assert!(
+            bin.is_file(),
+            "{} is missing: run `cargo test` at the workspace root, which builds it \
+             (with -p nap-bench alone, run `cargo build -p nap --bins` first)",
+            bin.display()
+        );
     }
-}
-
-fn bench_example() -> PathBuf {
-    let profile_dir = PathBuf::from(env!("CARGO_BIN_EXE_nap-index"))
-        .parent()
-        .expect("target/<profile>")
-        .to_path_buf();
-    let bench = profile_dir
-        .join("examples")
-        .join(format!("bench{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bench.is_file(),
-        "{} is missing: `cargo test` builds it (with --test alone, run `cargo build --examples`)",
-        bench.display()
-    );
-    bench
 }
 
 /// Rows of a CSV file as maps from column name to cell (only the last column may hold commas).
@@ -49,36 +40,22 @@ fn rows(text: &str) -> Vec<std::collections::HashMap<String, String>> {
 
 #[test]
 fn the_quick_benchmark_completes_without_errors() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench"));
+    nap_binaries_beside(&bench);
     let out = tempfile::tempdir().unwrap();
-    let logs = tempfile::tempdir().unwrap();
-    let file = |name: &str| std::fs::File::create(logs.path().join(name)).unwrap();
+    let mut command = Command::new(&bench);
     // Without CARGO in its environment the bench does not try to build the binaries (they
     // are built already, and the build directory belongs to this cargo run).
-    let child = Command::new(bench_example())
+    command
         .args(["--quick", "--out"])
         .arg(out.path())
         .env_remove("CARGO")
-        .env_remove("CARGO_MANIFEST_DIR")
-        .stdin(Stdio::null())
-        .stdout(file("stdout"))
-        .stderr(file("stderr"))
-        .spawn()
-        .expect("start the bench");
-    let mut child = KillOnDrop(child);
-    let started = Instant::now();
-    let deadline = Duration::from_secs(600);
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < deadline,
-            "bench --quick still running after {deadline:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let log = |name: &str| std::fs::read_to_string(logs.path().join(name)).unwrap_or_default();
-    let (stdout, stderr) = (log("stdout"), log("stderr"));
+        .env_remove("CARGO_MANIFEST_DIR");
+    // Killed on drop if the test fails or times out.
+    let mut run = Proc::start("bench --quick", &mut command);
+    run.close_stdin();
+    let status = run.wait_exit_within(Duration::from_secs(600));
+    let (stdout, stderr) = (run.stdout_lines().join("\n"), run.stderr_text());
     assert!(
         status.success(),
         "bench --quick failed ({status}):\n{stderr}\n{stdout}"

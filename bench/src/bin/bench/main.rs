@@ -1,7 +1,7 @@
 //! nap's evaluation suite: the seed's measurements, taken with real processes, written as
 //! CSV tables, an SVG figure and a markdown summary.
 //!
-//!     cargo run --release --example bench -- [--quick] [--out DIR]
+//!     cargo run --release -p nap-bench --bin bench -- [--quick] [--out DIR]
 //!
 //! It builds and starts the real `nap-index` binaries (a primary and its shadow, fresh for
 //! every measurement) and, for convergence, real `nap-peer` processes; the simulated peers
@@ -19,9 +19,6 @@
 //! sweep_ops.csv, sweep.svg, summary.md (also printed). Exits 1 if any call failed.
 //! Nothing here asserts a speed.
 
-#[path = "../support/mod.rs"]
-mod support;
-
 mod measure;
 mod plot;
 mod report;
@@ -33,7 +30,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use argh::FromArgs;
-use support::List;
+use nap_bench::support::{self, List};
 
 /// nap's evaluation suite: core metrics and a scalability sweep against real processes.
 #[derive(FromArgs)]

@@ -2,8 +2,8 @@
 //! connection policy costs against keep-alive, the latency of the write path under leases
 //! (a lease, then the announce of the next version), and what durability costs.
 //!
-//!     cargo run --release --example index_bench -- [--clients N] [--seconds S] [--peers P]
-//!         [--only requests|writes|durability] [--busy-backoff-ms MS]
+//!     cargo run --release -p nap-bench --bin index_bench -- [--clients N] [--seconds S]
+//!         [--peers P] [--only requests|writes|durability] [--busy-backoff-ms MS]
 //!         [--durability-writers 1,10,100] [--fsync-modes always,batch,never]
 //!         [--restart-peers 1000] [--restart-files-per-peer 1000]
 //!
@@ -28,8 +28,6 @@
 //! start-up split into its parts by calling the same library functions directly; last, the
 //! latency of a writer and a `/status` reader while the log keeper snapshots that state.
 
-mod support;
-
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -42,11 +40,11 @@ use nap::protocol::{
     HeartbeatRequest, LeaseIdRequest, LeaseRequest, LeaseResponse, RegisterRequest,
     RegisterResponse, ReleaseResponse, StatusResponse,
 };
+use nap_bench::support::{self, first_version, sha_hex, List};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use support::{first_version, sha_hex, List};
 
 /// Index load benchmark.
 #[derive(FromArgs)]
@@ -523,7 +521,7 @@ fn main() {
         heartbeat_interval: Duration::from_secs(60),
         peer_timeout: Duration::from_secs(3600),
         // The load generator's peers never copy anything: measure the request path alone
-        // (examples/replication.rs measures replication).
+        // (the replication program measures replication).
         replication_factor: 1,
         ..IndexConfig::default()
     })
