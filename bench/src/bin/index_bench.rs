@@ -1139,7 +1139,7 @@ fn restart_rows(args: &Args) {
         None => println!("NO SNAPSHOT covering the log within 600 s"),
     }
     println!();
-    println!("| data dir | read files s | SHA-256 of the log s | DiskLog::open s (read, checksums, JSON) | IndexState::restore s | replay s (ops) | files | then IndexState::snapshot s | its JSON s |");
+    println!("| data dir | read files s | SHA-256 of the log s | Journal::open s (read, checksums, JSON) | IndexState::restore s | replay s (ops) | files | then IndexState::snapshot s | its JSON s |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (what, p) in parts {
         println!(

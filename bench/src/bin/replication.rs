@@ -44,9 +44,9 @@ use std::str::FromStr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use argh::FromArgs;
-use nap::peer::client::{ClientError, IndexClient};
+use nap::peer::client::IndexClient;
 use nap::peer::{PeerConfig, PeerNode};
-use nap::protocol::StatusResponse;
+use nap::protocol::{ErrorCode, StatusResponse};
 use nap_bench::support::{self, ms, Fleet, ProcId, Rng};
 
 /// Replication convergence and churn recovery of nap-index with replication factor R.
@@ -187,7 +187,7 @@ fn holders(index: &IndexClient, name: &str) -> Vec<String> {
                 .map(|h| h.addr)
                 .collect()
         }
-        Err(ClientError::Api { status: 404, .. }) => Vec::new(),
+        Err(e) if e.code() == Some(ErrorCode::NotFound) => Vec::new(),
         Err(e) => panic!("GET /file?name={name}: {e}"),
     }
 }
