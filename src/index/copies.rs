@@ -6,13 +6,13 @@
 //! of its tasks is the HTTP edge's business (`http::long_poll`); the planner only says which
 //! peers got new ones.
 
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 
 use super::metrics::TaskCounts;
-use super::planner::{self, InFlight, PlanConfig};
+use super::planner::{self, PlanConfig};
+use super::role::Copies;
 use super::Index;
 use crate::protocol::{Task, TaskFailure, UnderReplicatedFile};
 use crate::threads::lock;
@@ -22,40 +22,6 @@ use crate::threads::lock;
 /// a read-locked walk over the files) must not crowd out the writers.
 const MIN_GAP: Duration = Duration::from_millis(5);
 const GAP_PER_PASS: u32 = 4;
-
-/// The primary's replication books.
-pub struct Copies {
-    flight: Mutex<InFlight>,
-    /// The files below R after the planner's last pass.
-    under_replicated: Mutex<Vec<UnderReplicatedFile>>,
-    /// Wakes the planner (a pass soon, not at the next interval).
-    wake: Sender<()>,
-    woken: Receiver<()>,
-}
-
-impl Default for Copies {
-    fn default() -> Copies {
-        let (wake, woken) = crossbeam_channel::bounded(1);
-        Copies {
-            flight: Mutex::default(),
-            under_replicated: Mutex::default(),
-            wake,
-            woken,
-        }
-    }
-}
-
-impl Copies {
-    /// The copy tasks in flight (the planner's books).
-    pub fn flight(&self) -> MutexGuard<'_, InFlight> {
-        lock(&self.flight)
-    }
-
-    /// Asks for a planning pass soon.
-    pub fn replan(&self) {
-        let _ = self.wake.try_send(());
-    }
-}
 
 impl Index {
     fn copies(&self) -> Option<&Copies> {
@@ -187,7 +153,7 @@ pub fn run(index: &Index, stop: &Receiver<()>, assigned: impl Fn(&str)) {
     loop {
         let wait = next_plan.saturating_sub(clock.elapsed());
         crossbeam_channel::select! {
-            recv(copies.woken) -> msg => if msg.is_ok() {
+            recv(copies.woken()) -> msg => if msg.is_ok() {
                 next_plan = next_plan.min(last_plan + gap);
             },
             recv(stop) -> _ => return,

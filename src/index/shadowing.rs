@@ -16,7 +16,6 @@
 //! without a sequence number, and each push carries the primary's liveness table at most once
 //! per heartbeat interval.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
@@ -24,10 +23,11 @@ use serde::{Deserialize, Serialize};
 
 use super::backlog::Backlog;
 use super::core::SubmitError;
-use super::state::{AppliedOp, IndexState, Millis, Snapshot};
+use super::role::ShadowLink;
+use super::state::{AppliedOp, IndexState, Snapshot};
 use super::Index;
-use crate::protocol::ShadowState;
-use crate::threads::{lock, stopped, Backoff};
+use crate::clock::Millis;
+use crate::threads::{stopped, Backoff};
 
 /// Header carrying the shared secret on replication requests.
 pub const HEADER_SECRET: &str = "X-Nap-Cluster-Secret";
@@ -85,49 +85,6 @@ impl std::fmt::Display for LinkError {
 }
 
 impl std::error::Error for LinkError {}
-
-/// The primary's link to one shadow: where it is and how far it got.
-pub struct ShadowLink {
-    pub url: String,
-    /// Its progress, and when it last acknowledged (the index clock's monotonic time).
-    state: Mutex<(ShadowState, Option<Duration>)>,
-}
-
-impl ShadowLink {
-    pub fn new(url: String) -> ShadowLink {
-        ShadowLink {
-            state: Mutex::new((
-                ShadowState {
-                    url: url.clone(),
-                    ..ShadowState::default()
-                },
-                None,
-            )),
-            url,
-        }
-    }
-
-    /// Its progress against the primary's `primary_seq`, at monotonic time `now`.
-    pub fn status(&self, primary_seq: u64, now: Duration) -> ShadowState {
-        let state = lock(&self.state);
-        let mut status = state.0.clone();
-        status.lag = primary_seq.saturating_sub(status.acked_seq);
-        status.last_ack_ms_ago = state.1.map(|t| now.saturating_sub(t).as_millis() as u64);
-        status
-    }
-
-    fn record(&self, outcome: Result<u64, &LinkError>, now: Duration) {
-        let mut state = lock(&self.state);
-        match outcome {
-            Ok(seq) => {
-                state.0.acked_seq = seq;
-                state.0.error = None;
-                state.1 = Some(now);
-            }
-            Err(e) => state.0.error = Some(e.to_string()),
-        }
-    }
-}
 
 /// An HTTP agent for replication: one request per connection (see BENCHMARKS.md), bounded
 /// phases, and large bodies allowed (snapshots).
@@ -202,7 +159,7 @@ pub fn push(
         );
         match sent {
             Ok(answer) => {
-                link.record(Ok(answer.seq), clock.elapsed());
+                link.acked(answer.seq, clock.elapsed());
                 if acked != answer.seq || answer.need_snapshot {
                     log::debug!("shadow {} at seq {}", link.url, answer.seq);
                 }
@@ -223,7 +180,7 @@ pub fn push(
                 } else {
                     log::debug!("push to shadow {} failed: {e}", link.url);
                 }
-                link.record(Err(&e), clock.elapsed());
+                link.failed(&e);
                 if stopped(stop, backoff.pause()) {
                     return;
                 }
