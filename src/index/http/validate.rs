@@ -28,8 +28,12 @@ pub fn peer_id(id: &str) -> Result<(), ApiError> {
 /// The peer id checked and the token's hash, as ops carry it.
 pub fn credentials(peer: &str, token: &str) -> Result<String, ApiError> {
     peer_id(peer)?;
-    if token.is_empty() || token.len() > 256 {
-        return Err(ApiError::bad_request("token must be 1-256 bytes"));
+    // Tokens are issued as hex; any visible ASCII is taken (a JSON schema can say that,
+    // where it cannot count UTF-8 bytes).
+    if token.is_empty() || token.len() > 256 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::bad_request(
+            "token must be 1-256 visible ASCII characters",
+        ));
     }
     Ok(hash_token(token))
 }
