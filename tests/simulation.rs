@@ -779,13 +779,12 @@ impl Sim {
         let Some(backlog) = primary.role().primary().and_then(|p| p.backlog.clone()) else {
             return;
         };
-        let ops = primary.shippable_after(&backlog, self.pushed);
-        let behind = ops.is_empty() && self.pushed < primary.shippable_head();
         let with_liveness = self.rng.chance(30);
-        if ops.is_empty() && !with_liveness && !behind {
+        let request = primary.next_push(&backlog, self.pushed, with_liveness);
+        let behind = request.ops.is_empty() && self.pushed < request.head;
+        if request.ops.is_empty() && !with_liveness && !behind {
             return;
         }
-        let request = primary.sync_request(ops, with_liveness);
         let line = format!("push {} op(s) after {}", request.ops.len(), self.pushed);
         self.wire.push_back(request);
         self.say(line);

@@ -565,8 +565,8 @@ mod tests {
     /// Ships what the shadow lacks, as the pusher would.
     fn push(primary: &Index, shadow: &Index) -> SyncResponse {
         let backlog = primary.role().primary().unwrap().backlog.clone().unwrap();
-        let ops = primary.shippable_after(&backlog, shadow.read().seq());
-        shadow.apply_sync(primary.sync_request(ops, true)).unwrap()
+        let push = primary.next_push(&backlog, shadow.read().seq(), true);
+        shadow.apply_sync(push).unwrap()
     }
 
     #[test]

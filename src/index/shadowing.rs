@@ -134,11 +134,13 @@ pub fn push(
         if stopped(stop, Duration::ZERO) {
             return;
         }
-        let ops = index.shippable_after(backlog, acked);
-        let behind = ops.is_empty() && acked < index.shippable_head();
         let liveness_due =
             liveness_sent.is_none_or(|t| clock.elapsed().saturating_sub(t) >= liveness_every);
-        if ops.is_empty() && !liveness_due && !behind {
+        let request = index.next_push(backlog, acked, liveness_due);
+        // Nothing to send after `acked` though the primary has more on disk: the shadow
+        // must hear it, to take a snapshot.
+        let behind = request.ops.is_empty() && acked < request.head;
+        if request.ops.is_empty() && !liveness_due && !behind {
             let wait = liveness_every.min(Duration::from_millis(250));
             match index.journal() {
                 // Ops are there but not yet on disk: wait for the disk, not for more ops.
@@ -149,7 +151,6 @@ pub fn push(
             }
             continue;
         }
-        let request = index.sync_request(ops, liveness_due);
         let sent = answer::<SyncResponse>(
             agent
                 .post(&url)
@@ -255,27 +256,17 @@ pub fn recover(shadows: &[String], secret: &str) -> Option<(String, Snapshot)> {
 }
 
 impl Index {
-    /// The next batch for a shadow that has everything up to `acked`: ops after it, in
-    /// order, but only those on the primary's disk. An op a crash could still take from the
+    /// The next push to a shadow that has everything up to `acked`: the ops after it, in
+    /// order, but only those on the primary's disk (an op a crash could still take from the
     /// primary must not reach a shadow, or the two would hold different ops under one
-    /// sequence number once the primary restarts and reuses it.
-    pub fn shippable_after(&self, backlog: &Backlog, acked: u64) -> Vec<AppliedOp> {
+    /// sequence number once the primary restarts and reuses it), and the liveness table when
+    /// `liveness` says so.
+    pub fn next_push(&self, backlog: &Backlog, acked: u64, liveness: bool) -> SyncRequest {
+        // The head first, then the ops: every op up to the head went into the backlog before
+        // it reached the disk, so a batch with none of them means the backlog lost them.
+        let head = self.shippable_head();
         let mut ops = backlog.after(acked, BATCH, BATCH_WEIGHT);
-        let head = self.shippable_head();
         ops.retain(|op| op.seq <= head);
-        ops
-    }
-
-    /// The newest op a shadow may have: the newest on this primary's disk (all of them,
-    /// without a disk).
-    pub fn shippable_head(&self) -> u64 {
-        let seq = self.read().seq();
-        self.journal().map_or(seq, |j| j.durable_seq().min(seq))
-    }
-
-    /// A push of `ops`, with the liveness table when `liveness` says so.
-    pub fn sync_request(&self, ops: Vec<AppliedOp>, liveness: bool) -> SyncRequest {
-        let head = self.shippable_head();
         let state = self.read();
         SyncRequest {
             epoch: state.epoch().to_string(),
@@ -287,6 +278,13 @@ impl Index {
             },
             head,
         }
+    }
+
+    /// The newest op a shadow may have: the newest on this primary's disk (all of them,
+    /// without a disk).
+    pub fn shippable_head(&self) -> u64 {
+        let seq = self.read().seq();
+        self.journal().map_or(seq, |j| j.durable_seq().min(seq))
     }
 }
 
