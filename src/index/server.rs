@@ -4,7 +4,7 @@
 //! Every role runs the HTTP workers, the dispatcher, the connection warden, the long-poll
 //! keeper, the committer (with `--fsync always`) and the journal keeper (with a data
 //! directory). A primary adds the sweeper, the planner and one pusher per shadow; a shadow,
-//! the catch-up thread. The clock and the id source are the system's.
+//! the catch-up thread. The clock and the id source are the system's unless given.
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,8 +18,8 @@ use super::config::{IndexConfig, RoleConfig};
 use super::http::{self, Edge};
 use super::role::Role;
 use super::{copies, shadowing, sweep, Index};
-use crate::clock::SystemClock;
-use crate::ids::OsRandom;
+use crate::clock::{SharedClock, SystemClock};
+use crate::ids::{OsRandom, SharedIds};
 use crate::threads::{spawn, stopped};
 
 /// A running index server: its address, and the handle to stop it.
@@ -33,15 +33,25 @@ pub struct IndexServer {
 }
 
 impl IndexServer {
-    /// Checks the configuration, loads the data, binds, then starts the threads.
+    /// Checks the configuration, loads the data, binds, then starts the threads; on the
+    /// system's clock and randomness.
     pub fn start(config: IndexConfig) -> io::Result<IndexServer> {
+        IndexServer::start_with(config, SystemClock::shared(), OsRandom::shared())
+    }
+
+    /// `start`, with every decision by time taken from `clock` and every id from `ids`.
+    pub fn start_with(
+        config: IndexConfig,
+        clock: SharedClock,
+        ids: SharedIds,
+    ) -> io::Result<IndexServer> {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let secret = config.cluster_secret.clone().unwrap_or_default();
         // The data is loaded before the port opens: while it loads, clients are refused at
         // once (and fail over) instead of waiting on a connection nobody answers.
-        let mut index = Index::new(config.clone(), SystemClock::shared(), OsRandom::shared())?;
+        let mut index = Index::new(config.clone(), clock, ids)?;
         if let RoleConfig::Primary { shadows } = &config.role {
             if !shadows.is_empty() && index.read().seq() == 0 {
                 if let Some((shadow, snapshot)) = shadowing::recover(shadows, &secret) {
