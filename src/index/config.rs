@@ -147,14 +147,12 @@ pub enum ConfigError {
     Zero(&'static str),
     /// `--max-name-bytes` outside 1-255.
     NameBytes(usize),
-    /// A flag value that does not parse (the message).
-    Value(String),
 }
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ConfigError::Role(why) | ConfigError::Value(why) => f.write_str(why),
+            ConfigError::Role(why) => f.write_str(why),
             ConfigError::NoSecret => f.write_str(
                 "replication needs a cluster secret (--cluster-secret or NAP_CLUSTER_SECRET)",
             ),

@@ -219,17 +219,6 @@ impl MemDisk {
     pub fn fail_next_append(&self, keep: usize) {
         *lock(&self.torn) = Some(keep);
     }
-
-    /// Replaces the content of `name` outright (for tests that damage a file).
-    pub fn overwrite(&self, name: &str, bytes: Vec<u8>) {
-        lock(&self.files).insert(
-            name.to_string(),
-            MemFile {
-                synced: bytes,
-                unsynced: Vec::new(),
-            },
-        );
-    }
 }
 
 fn missing(name: &str) -> io::Error {
@@ -254,7 +243,11 @@ impl Disk for MemDisk {
     }
 
     fn replace(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
-        self.overwrite(name, bytes.to_vec());
+        let file = MemFile {
+            synced: bytes.to_vec(),
+            unsynced: Vec::new(),
+        };
+        lock(&self.files).insert(name.to_string(), file);
         Ok(())
     }
 

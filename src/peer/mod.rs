@@ -186,14 +186,6 @@ impl Peer {
         self.session().identity().cloned()
     }
 
-    pub fn heartbeat_interval(&self) -> Duration {
-        self.session().heartbeat_interval()
-    }
-
-    pub fn needs_register(&self) -> bool {
-        self.session().must_register()
-    }
-
     pub fn take_notices(&self) -> Vec<String> {
         self.session().take_notices()
     }

@@ -91,14 +91,6 @@ impl Waiters {
             answer(index, &peer_id, parked);
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
 }
 
 fn answer(index: &Index, peer_id: &str, parked: Parked) {
