@@ -13,7 +13,8 @@ struct Args {
     /// address to listen on, host:port (port 0 picks a free one)
     #[argh(option, default = "String::from(\"127.0.0.1:7070\")")]
     listen: String,
-    /// threads answering HTTP requests
+    /// requests worked on at once (each request has a thread of its own for reading and
+    /// answering; this bounds the CPU work between)
     #[argh(option, default = "4")]
     workers: usize,
     /// seconds between peer heartbeats (the index tells peers this)
@@ -87,6 +88,10 @@ struct Args {
     /// seconds a connection may stay open without a request
     #[argh(option, default = "30.0")]
     idle_timeout: f64,
+    /// seconds within which a request's head and body must arrive, and each part of an
+    /// answer be read (past the first, at 16 KiB/s on average); else the connection closes
+    #[argh(option, default = "10.0")]
+    request_timeout: f64,
 }
 
 fn usage(message: &str) -> ! {
@@ -138,6 +143,7 @@ fn main() {
             nap::net::connections::fitting_or_warn(nap::index::DEFAULT_MAX_CONNECTIONS)
         }),
         idle_timeout: seconds("idle-timeout", args.idle_timeout),
+        request_timeout: seconds("request-timeout", args.request_timeout),
     };
     if let Err(e) = config.validate() {
         usage(&e.to_string());
@@ -156,23 +162,13 @@ fn main() {
     match IndexServer::start(config) {
         Ok(server) => {
             println!("nap-index listening on {}", server.url());
-            // Runs until SIGINT or SIGTERM, then stops cleanly: the workers finish, the log
-            // is written and synced. If the server stops accepting connections, it stops
-            // the same way but exits 1, for its supervisor to start a fresh one.
-            let signalled = nap::net::signals(signals);
-            let code = crossbeam_channel::select! {
-                recv(signalled) -> signal => {
-                    log::info!("signal {}: stopping", signal.unwrap_or_default());
-                    0
-                }
-                recv(server.failed()) -> _ => {
-                    log::error!("stopping: no longer accepting connections");
-                    1
-                }
-            };
+            // Runs until SIGINT or SIGTERM, then stops cleanly: requests in flight finish,
+            // the log is written and synced.
+            let signal = nap::net::signals(signals).recv().unwrap_or_default();
+            log::info!("signal {signal}: stopping");
             server.stop();
             log::info!("stopped");
-            std::process::exit(code);
+            std::process::exit(0);
         }
         Err(e) => {
             eprintln!("nap-index: cannot start: {e}");

@@ -405,6 +405,9 @@ pub enum ErrorCode {
     LeaseOtherFile,
     /// The lease belongs to another peer (403).
     LeaseNotYours,
+    /// The request's body did not arrive within `--request-timeout` at the minimum rate
+    /// (408); the connection is closed.
+    TimedOut,
     /// The body is larger than the server takes (413).
     TooLarge,
     /// A list is longer than the server takes in one request (413).
@@ -433,6 +436,7 @@ impl ErrorCode {
             Forbidden | ReadOnly | LeaseNotYours => 403,
             UnknownPeer | NotFound => 404,
             MethodNotAllowed => 405,
+            TimedOut => 408,
             Conflict | VersionGap | LeaseRequired | LeaseHeld | LeaseUnknown | LeaseExpired
             | LeaseOtherFile => 409,
             TooLarge | TooMany => 413,

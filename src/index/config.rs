@@ -100,6 +100,9 @@ pub struct IndexConfig {
     pub max_connections: usize,
     /// A connection without a request for this long is closed.
     pub idle_timeout: Duration,
+    /// A request's head, its body and each part of its answer must move within this time
+    /// (and on average at `net::MIN_RATE` after it), or the connection is closed.
+    pub request_timeout: Duration,
 }
 
 /// Connections taken unless told otherwise (fewer if the open-file limit cannot hold them).
@@ -132,6 +135,7 @@ impl Default for IndexConfig {
             snapshot_every: 100_000,
             max_connections: crate::net::connections::fitting(DEFAULT_MAX_CONNECTIONS),
             idle_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -174,6 +178,7 @@ impl IndexConfig {
         let positive = [
             ("max-connections", self.max_connections > 0),
             ("idle-timeout", !self.idle_timeout.is_zero()),
+            ("request-timeout", !self.request_timeout.is_zero()),
             ("replication-factor", self.replication_factor > 0),
             ("max-tasks-per-peer", self.max_tasks_per_peer > 0),
             ("plan-interval", !self.plan_interval.is_zero()),

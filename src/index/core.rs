@@ -475,6 +475,11 @@ impl Index {
     }
 
     /// The HTTP server's connection counts.
+    /// What a request refused for load is told.
+    pub fn connections_refusal(&self) -> Option<String> {
+        self.conns.as_ref().map(|c| c.refusal())
+    }
+
     pub fn connections(&self) -> Option<crate::net::Counts> {
         self.conns.as_ref().map(|c| c.counts())
     }

@@ -287,8 +287,9 @@ pub fn render(metrics: &Metrics, s: &Snapshot) -> String {
             &mut out,
             "nap_connections_closed_total",
             "counter",
-            "Connections the index closed: idle past --idle-timeout, or idle while over \
-             --max-connections.",
+            "Connections the index closed: idle past --idle-timeout, idle while over \
+             --max-connections, or too slow or too large (a head, body or answer that did not \
+             move within --request-timeout or at the minimum rate).",
         );
         let _ = writeln!(
             out,
@@ -299,6 +300,18 @@ pub fn render(metrics: &Metrics, s: &Snapshot) -> String {
             out,
             "nap_connections_closed_total{{reason=\"over_limit\"}} {}",
             c.closed_over_limit
+        );
+        let _ = writeln!(
+            out,
+            "nap_connections_closed_total{{reason=\"slow\"}} {}",
+            c.closed_slow
+        );
+        counter(
+            &mut out,
+            "nap_accept_restarts_total",
+            "Times the index started accepting connections again after accepting failed (out \
+             of descriptors, say).",
+            c.accept_restarts,
         );
     }
     if let Some(fsync) = &s.fsync {

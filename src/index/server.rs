@@ -1,7 +1,7 @@
 //! A running index server: the [`Index`] core built from its configuration, the HTTP server in
 //! front of it, and the threads its role needs, started in order and stopped together.
 //!
-//! Every role runs the HTTP workers, the dispatcher, the connection warden, the long-poll
+//! Every role runs the HTTP request threads, the accept keeper, the connection warden, the long-poll
 //! keeper, the committer (with `--fsync always`) and the journal keeper (with a data
 //! directory). A primary adds the sweeper, the planner and one pusher per shadow; a shadow,
 //! the catch-up thread. The clock and the id source are the system's unless given.
@@ -25,11 +25,10 @@ use crate::threads::{spawn, stopped};
 /// A running index server: its address, and the handle to stop it.
 pub struct IndexServer {
     addr: SocketAddr,
-    server: Arc<tiny_http::Server>,
+    http: crate::net::HttpServer,
     stop: Sender<()>,
     threads: Vec<JoinHandle<()>>,
     index: Arc<Index>,
-    failed: Receiver<()>,
 }
 
 impl IndexServer {
@@ -69,33 +68,28 @@ impl IndexServer {
             crate::net::Limits {
                 max: config.max_connections,
                 idle_timeout: config.idle_timeout,
+                request_timeout: config.request_timeout,
             },
         )?;
-        let (server, addr) = (http.server.clone(), http.addr);
+        let addr = http.addr;
         index.attach_connections(http.conns.clone());
         let index = Arc::new(index);
-        let edge = Arc::new(Edge::new(index.clone()));
+        let pool = crate::net::Elastic::new("http");
+        let edge = Arc::new(Edge::new(index.clone(), pool.clone(), config.workers));
         let (stop, stopping): (Sender<()>, Receiver<()>) = crossbeam_channel::bounded(0);
         let mut threads = Vec::new();
 
-        // Writes are answered by the committer once on disk, so workers never wait for it.
+        // Writes are answered by the committer once on disk, so request threads never wait
+        // for it.
         let (to_commit, committer) = crossbeam_channel::unbounded();
-        let refusing = index.clone();
-        let (dispatcher, calls) =
-            http.spawn_dispatcher(move |request, conns| http::refuse(&refusing, request, conns))?;
-        threads.push(dispatcher);
-        for n in 0..config.workers.max(1) {
-            let (edge, calls, to_commit) = (edge.clone(), calls.clone(), to_commit.clone());
-            threads.push(spawn(format!("http-{n}"), move || {
-                http::serve(&edge, &calls, &to_commit)
-            })?);
-        }
-        let (fail, failed) = crossbeam_channel::bounded(1);
-        threads.push(http.spawn_warden(stopping.clone(), move || {
-            let _ = fail.try_send(());
-        })?);
-        // The committer ends once every worker (every sender) is gone.
-        drop(to_commit);
+        let (serving, refusing) = (edge.clone(), index.clone());
+        threads.push(http.serve(
+            pool,
+            move |call| http::serve(&serving, call, &to_commit),
+            move |call| http::refuse(&refusing, call),
+        )?);
+        threads.push(http.spawn_warden(stopping.clone())?);
+        // The committer ends with the server (its sender goes with the accepting side).
         if index.acks_wait_for_disk() {
             let edge = edge.clone();
             threads.push(spawn("committer", move || http::commit(&edge, &committer))?);
@@ -152,18 +146,11 @@ impl IndexServer {
         );
         Ok(IndexServer {
             addr,
-            server,
+            http,
             stop,
             threads,
             index,
-            failed,
         })
-    }
-
-    /// Ready once the server has stopped accepting connections (see `net::connections`):
-    /// the process should stop, so its supervisor starts a fresh one.
-    pub fn failed(&self) -> &Receiver<()> {
-        &self.failed
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -179,9 +166,7 @@ impl IndexServer {
     /// whatever the journal still holds (with `--fsync batch` or `never`, the last few ms).
     pub fn stop(self) {
         drop(self.stop);
-        for _ in 0..self.threads.len() {
-            self.server.unblock();
-        }
+        self.http.stop();
         for t in self.threads {
             let _ = t.join();
         }

@@ -1,38 +1,39 @@
-//! The connection limit of an HTTP server, kept from outside tiny_http.
+//! The connection limit of an HTTP server, and the deadlines of its requests, kept from
+//! outside tiny_http.
 //!
 //! tiny_http 0.12 owns `accept` and gives every connection two file descriptors and a thread
-//! for as long as it stays open, with no hook to count or refuse one and no read timeout. Left
-//! alone, a client that opens connections and sends nothing holds them forever; and once the
-//! process runs out of descriptors, `accept` (or the stream's clone) fails inside tiny_http,
-//! whose accept thread ends: the server stops listening for good while the process lives on.
+//! for as long as it stays open, with no hook to count or refuse one, no read timeout and no
+//! limit on a request head. Left alone, a client that opens connections and sends nothing, or
+//! sends a head for ever, holds them forever.
 //!
 //! So the server counts for itself:
 //! - Requests in flight are counted exactly as the dispatcher takes them from tiny_http
-//!   (`Connections::take`), waiting for a worker included. One past `max` is answered 503
-//!   at once. Every live nap peer holds one (its long-poll heartbeat), so `max` is also how
-//!   many peers can be connected at a time.
+//!   (`Connections::take`). One past `max` is answered 503 at once. Every live nap peer
+//!   holds one (its long-poll heartbeat), so `max` is also how many peers can be connected.
 //! - Open connections are counted by the warden thread, which looks at the process's own
-//!   sockets in `/proc/self/fd` (Linux). A connection with no request in flight is idle; the
-//!   warden shuts it down once idle for `idle_timeout` (which also ends clients that trickle a
-//!   request head), and at once (after a short grace) while more than `max` are open, the
-//!   longest idle first. A connection with a request in flight is never cut (one whose
-//!   request tiny_http has read but the dispatcher not yet taken looks idle, for
-//!   microseconds unless the machine is starved).
+//!   sockets in `/proc/self/fd` (Linux) and shuts down, so that tiny_http's blocked read or
+//!   write returns:
+//!   - a connection with no request in flight for `idle_timeout`, and at once (after a short
+//!     grace) while more than `max` are open, the longest idle first;
+//!   - one receiving a head (bytes arrive, no request yet: `TCP_INFO`) for `request_timeout`
+//!     or of more than `MAX_HEAD` bytes;
+//!   - one whose request is past the deadline its thread set for its body or its answer
+//!     (`Busy::set_deadline`, see `exchange`), or whose unread body was given up (`doom`).
+//!
+//!   A request that tiny_http has read but the dispatcher not yet taken looks idle, for
+//!   microseconds unless the machine is starved.
 //! - The descriptor limit is raised to the hard limit at start (as Go's runtime does), and a
 //!   `max` that cannot fit in it is refused at start instead of failing under load.
-//! - If the accept thread ends anyway, the warden notices that the listening socket is gone
-//!   and reports it, so the process can stop and be restarted rather than sit deaf.
-
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
-use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use super::exchange::Call;
 use crate::threads::lock;
 
 /// Descriptors a connection costs inside tiny_http: the stream and its clone.
@@ -48,12 +49,26 @@ const PAUSE_PER_LOOK: u32 = 50;
 /// its way on a younger one.
 const GRACE: Duration = Duration::from_millis(250);
 
-/// How many connections a server takes, and for how long an idle one stays open.
+/// How many connections a server takes, for how long an idle one stays open, and how long a
+/// request and its answer may take (see `exchange`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub max: usize,
     pub idle_timeout: Duration,
+    /// A request's head, its body, and each part of its answer must move within this time,
+    /// and on average at `MIN_RATE` past it.
+    pub request_timeout: Duration,
 }
+
+/// The slowest a body or an answer may move on average, past the first `request_timeout`:
+/// 16 KiB/s, a slow mobile link. Below it, a client holds a thread and a connection for
+/// nothing.
+pub const MIN_RATE: u64 = 16 * 1024;
+
+/// The largest request head taken. Heads are read by tiny_http, which sets no limit, so the
+/// warden enforces this one from outside: a connection found receiving more than this without
+/// a request is cut at its next look.
+pub const MAX_HEAD: u64 = 64 * 1024;
 
 /// Counters of what the limit did, for metrics and status pages.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -69,10 +84,14 @@ pub struct Counts {
     pub closed_idle: u64,
     /// Idle connections shut down to get back under `max`.
     pub closed_over_limit: u64,
+    /// Connections shut down because a head, a body or an answer was too slow or too large.
+    pub closed_slow: u64,
+    /// Times the server had to start accepting again (out of descriptors, say).
+    pub accept_restarts: u64,
 }
 
-/// Requests in flight and the last time each peer address had one, shared by the workers
-/// and the warden.
+/// Requests in flight and the last time each peer address had one, shared by the request
+/// threads and the warden.
 pub struct Connections {
     limits: Limits,
     in_flight: AtomicUsize,
@@ -84,12 +103,44 @@ pub struct Connections {
     refused: AtomicU64,
     closed_idle: AtomicU64,
     closed_over_limit: AtomicU64,
+    closed_slow: AtomicU64,
+    accept_restarts: AtomicU64,
 }
 
 #[derive(Clone, Copy)]
 struct Activity {
     requests: u32,
     last: Instant,
+    /// When the body being read must have moved by (see `exchange::Pace`).
+    reading: Option<Instant>,
+    /// When the answer being written must have moved by.
+    writing: Option<Instant>,
+    /// To be cut at the warden's next look: a body was left unread, and tiny_http would
+    /// otherwise read the rest of it, however long it takes, before the connection ends.
+    doomed: bool,
+}
+
+impl Activity {
+    /// Past a deadline, or doomed: the warden cuts it even with a request in flight.
+    fn overdue(&self, now: Instant) -> bool {
+        self.doomed
+            || self.reading.is_some_and(|d| d <= now)
+            || self.writing.is_some_and(|d| d <= now)
+    }
+}
+
+/// A request as the server took it.
+pub enum Taken {
+    Placed(Call),
+    /// No place was left: to be answered 503.
+    Refused(Call),
+}
+
+/// Which way a request's bytes move, for the deadline the warden enforces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Reading,
+    Writing,
 }
 
 /// A request's place among those in flight; freed when dropped.
@@ -106,49 +157,48 @@ impl Drop for Busy {
             if let Some(a) = activity.get_mut(&peer) {
                 a.requests = a.requests.saturating_sub(1);
                 a.last = Instant::now();
+                if a.requests == 0 {
+                    a.reading = None;
+                    a.writing = None;
+                    a.doomed = false;
+                }
             }
         }
     }
 }
 
-/// A request together with its place among those in flight: answering (or dropping) it
-/// frees the place, wherever that happens (a worker, the committer, a parked long poll).
-pub struct Call {
-    request: tiny_http::Request,
-    _busy: Busy,
-    taken: Instant,
-}
+impl Busy {
+    /// The server's limits.
+    pub fn limits(&self) -> Limits {
+        self.conns.limits
+    }
 
-impl Call {
-    pub fn new(request: tiny_http::Request, busy: Busy) -> Call {
-        Call {
-            request,
-            _busy: busy,
-            taken: Instant::now(),
+    /// Sets (or with `None` clears) the time by which this request's bytes must have moved
+    /// `direction`; past it the warden cuts the connection, even in the middle of a blocked
+    /// read or write.
+    pub fn set_deadline(&self, direction: Direction, deadline: Option<Instant>) {
+        self.update(|a| match direction {
+            Direction::Reading => a.reading = deadline,
+            Direction::Writing => a.writing = deadline,
+        });
+    }
+
+    /// Has the warden cut this request's connection at its next look.
+    pub fn doom(&self) {
+        self.update(|a| a.doomed = true);
+    }
+
+    /// Counts a connection given up for being too slow by the request's own thread.
+    pub fn count_slow(&self) {
+        self.conns.closed_slow.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Activity)) {
+        if let Some(peer) = self.peer {
+            if let Some(a) = lock(&self.conns.activity).get_mut(&peer) {
+                change(a);
+            }
         }
-    }
-
-    /// When the server took the request (its wait for a worker included in what follows).
-    pub fn taken(&self) -> Instant {
-        self.taken
-    }
-
-    /// Sends the answer; the place is freed once it is written.
-    pub fn respond<R: io::Read>(self, response: tiny_http::Response<R>) -> io::Result<()> {
-        self.request.respond(response)
-    }
-}
-
-impl Deref for Call {
-    type Target = tiny_http::Request;
-    fn deref(&self) -> &tiny_http::Request {
-        &self.request
-    }
-}
-
-impl DerefMut for Call {
-    fn deref_mut(&mut self) -> &mut tiny_http::Request {
-        &mut self.request
     }
 }
 
@@ -164,6 +214,8 @@ impl Connections {
             refused: AtomicU64::new(0),
             closed_idle: AtomicU64::new(0),
             closed_over_limit: AtomicU64::new(0),
+            closed_slow: AtomicU64::new(0),
+            accept_restarts: AtomicU64::new(0),
         })
     }
 
@@ -176,36 +228,50 @@ impl Connections {
             self.refused.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        let peer = peer.filter(|_| self.tracking.load(Ordering::Relaxed));
-        if let Some(peer) = peer {
-            let mut activity = lock(&self.activity);
-            let a = activity.entry(peer).or_insert(Activity {
-                requests: 0,
-                last: Instant::now(),
-            });
-            a.requests += 1;
-            a.last = Instant::now();
-        }
         Some(Busy {
             conns: self.clone(),
-            peer,
+            peer: self.track(peer),
         })
     }
 
-    /// Takes a place for `request`: the request with its place, or `None` once it has been
-    /// handed to `refuse` (to be answered 503) because no place is left.
-    pub fn take(
-        self: &Arc<Self>,
-        request: tiny_http::Request,
-        refuse: impl FnOnce(tiny_http::Request, &Connections),
-    ) -> Option<Call> {
-        match self.begin(request.remote_addr().copied()) {
-            Some(busy) => Some(Call::new(request, busy)),
+    /// Counts one more request in flight from `peer` (where a warden runs); the address
+    /// kept, if any.
+    fn track(&self, peer: Option<SocketAddr>) -> Option<SocketAddr> {
+        let peer = peer.filter(|_| self.tracking.load(Ordering::Relaxed))?;
+        let mut activity = lock(&self.activity);
+        let a = activity.entry(peer).or_insert(Activity {
+            requests: 0,
+            last: Instant::now(),
+            reading: None,
+            writing: None,
+            doomed: false,
+        });
+        a.requests += 1;
+        a.last = Instant::now();
+        Some(peer)
+    }
+
+    /// Takes a place for `request`, or finds none left (it is then answered 503 at once). A
+    /// refused request is counted in flight too while it is answered, past `max`, so the
+    /// warden can cut it if its client does not read.
+    pub fn take(self: &Arc<Self>, request: tiny_http::Request) -> Taken {
+        let peer = request.remote_addr().copied();
+        match self.begin(peer) {
+            Some(busy) => Taken::Placed(Call::new(request, busy)),
             None => {
-                refuse(request, self);
-                None
+                self.in_flight.fetch_add(1, Ordering::AcqRel);
+                self.track(peer);
+                let busy = Busy {
+                    conns: self.clone(),
+                    peer: peer.filter(|_| self.tracking.load(Ordering::Relaxed)),
+                };
+                Taken::Refused(Call::new(request, busy))
             }
         }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// The error a refused request gets.
@@ -224,18 +290,19 @@ impl Connections {
             refused: self.refused.load(Ordering::Relaxed),
             closed_idle: self.closed_idle.load(Ordering::Relaxed),
             closed_over_limit: self.closed_over_limit.load(Ordering::Relaxed),
+            closed_slow: self.closed_slow.load(Ordering::Relaxed),
+            accept_restarts: self.accept_restarts.load(Ordering::Relaxed),
         }
     }
 
     /// The warden: looks at the sockets every 100 ms (less often when a look takes long)
-    /// until `stop` closes; calls `on_lost` (once) if the listening socket disappears.
-    pub fn watch(&self, listener: ListenerId, stop: &Receiver<()>, on_lost: impl FnOnce()) {
+    /// until `stop` closes.
+    pub fn watch(&self, listener: ListenerId, stop: &Receiver<()>) {
         let Some(mut warden) = Warden::new(listener) else {
             log::info!("open connections are not counted on this system (no /proc/self/fd)");
             let _ = stop.recv();
             return;
         };
-        let mut on_lost = Some(on_lost);
         let mut pause = SCAN_EVERY;
         loop {
             match stop.recv_timeout(pause) {
@@ -252,28 +319,20 @@ impl Connections {
                 SCAN_EVERY.max(started.elapsed() * PAUSE_PER_LOOK)
             };
             match looked {
-                Ok(true) => warden.missing = false,
-                // Gone in two looks in a row (one might have raced the descriptor table).
-                Ok(false) => {
-                    if std::mem::replace(&mut warden.missing, true) {
-                        if let Some(report) = on_lost.take() {
-                            log::error!(
-                                "the HTTP server stopped accepting connections (its listening socket is gone)"
-                            );
-                            report();
-                        }
-                    }
-                }
+                Ok(()) => warden.failing = false,
                 Err(e) => {
                     if !warden.failing {
                         log::warn!("could not look at open connections: {e}");
                     }
                     warden.failing = true;
-                    continue;
                 }
             }
-            warden.failing = false;
         }
+    }
+
+    /// Counts a restart of accepting (see `HttpServer`).
+    pub(crate) fn count_accept_restart(&self) {
+        self.accept_restarts.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -296,8 +355,6 @@ struct Warden {
     failing: bool,
     /// The last look left more connections open than the limit (counting fresh ones).
     over_limit: bool,
-    /// The last look did not find the listening socket.
-    missing: bool,
 }
 
 /// Opens the reserve descriptors the warden lets go of when the process runs out.
@@ -313,6 +370,16 @@ struct Seen {
     fd: i32,
     /// Shut down by the warden, not yet closed by tiny_http: no longer counted.
     closing: bool,
+    /// While it has no request in flight: what it had received when that began.
+    quiet: Option<Quiet>,
+}
+
+/// A connection without a request: since when, the bytes it had received then, and when
+/// more were first seen arriving (a head on its way).
+struct Quiet {
+    since: Instant,
+    bytes: u64,
+    head_from: Option<Instant>,
 }
 
 /// A listening socket as the warden knows it: its port and inode.
@@ -348,14 +415,12 @@ impl Warden {
             spare: spares(),
             failing: false,
             over_limit: false,
-            missing: false,
         })
     }
 
-    /// One look: counts the open connections, shuts down those idle too long (or too many).
-    /// False when the listening socket is gone.
-    fn look(&mut self, conns: &Connections) -> io::Result<bool> {
-        let mut listening = false;
+    /// One look: counts the open connections, shuts down those idle too long (or too many)
+    /// and those whose request is overdue.
+    fn look(&mut self, conns: &Connections) -> io::Result<()> {
         let mut live: HashMap<u64, i32> = HashMap::new();
         let mut others_live = HashSet::new();
         let mut fresh = HashMap::new();
@@ -382,7 +447,7 @@ impl Warden {
                 continue;
             };
             if ino == self.listener_ino {
-                listening = true;
+                continue;
             } else if self.ours.contains_key(&ino) {
                 // tiny_http holds two descriptors per connection: keep the first seen.
                 live.entry(ino).or_insert(fd);
@@ -397,6 +462,7 @@ impl Warden {
                             first: *first,
                             fd,
                             closing: false,
+                            quiet: None,
                         };
                         self.ours.insert(ino, seen);
                         live.insert(ino, fd);
@@ -430,38 +496,74 @@ impl Warden {
         let peers: HashSet<SocketAddr> = self.ours.values().map(|s| s.peer).collect();
         activity.retain(|peer, a| a.requests > 0 || peers.contains(peer));
         let mut idle: Vec<(Instant, u64)> = Vec::new();
-        for (ino, seen) in self.ours.iter().filter(|(_, s)| !s.closing) {
+        // Cut: (connection, why, counter).
+        let mut cuts: Vec<(u64, &str, &AtomicU64)> = Vec::new();
+        let head_timeout = conns.limits.request_timeout;
+        for (ino, seen) in self.ours.iter_mut().filter(|(_, s)| !s.closing) {
             // The end of its last request, unless the entry is older than the connection
             // (left by an earlier one from the same address).
             let since = match activity.get(&seen.peer) {
-                Some(a) if a.requests > 0 => continue,
+                Some(a) if a.requests > 0 => {
+                    seen.quiet = None;
+                    if a.overdue(now) {
+                        cuts.push((*ino, "too slow", &conns.closed_slow));
+                    }
+                    continue;
+                }
                 Some(a) => a.last.max(seen.first),
                 None => seen.first,
             };
+            // Bytes arriving on a connection with no request: a head being sent. It must be
+            // whole within the request timeout and no larger than MAX_HEAD.
+            let received = received_bytes(seen.fd, *ino);
+            match (&mut seen.quiet, received) {
+                (Some(q), Some(bytes)) if q.since == since => {
+                    let sent = bytes.saturating_sub(q.bytes);
+                    if sent > 0 {
+                        let from = *q.head_from.get_or_insert(now);
+                        if sent > MAX_HEAD {
+                            cuts.push((*ino, "head too large", &conns.closed_slow));
+                            continue;
+                        }
+                        if now.saturating_duration_since(from) >= head_timeout {
+                            cuts.push((*ino, "head too slow", &conns.closed_slow));
+                            continue;
+                        }
+                    }
+                }
+                (quiet, Some(bytes)) => {
+                    *quiet = Some(Quiet {
+                        since,
+                        bytes,
+                        head_from: None,
+                    })
+                }
+                (_, None) => {}
+            }
             idle.push((since, *ino));
         }
         idle.sort();
         let mut open = self.ours.values().filter(|s| !s.closing).count();
+        // The longest idle first, until back under the limit.
+        let mut left = open.saturating_sub(cuts.len());
         let timeout = conns.limits.idle_timeout;
         for (since, ino) in idle {
             let idle_for = now.saturating_duration_since(since);
-            let reason = if idle_for >= timeout {
-                &conns.closed_idle
-            } else if open > conns.limits.max && idle_for >= GRACE.min(timeout) {
-                &conns.closed_over_limit
-            } else {
-                continue;
-            };
+            if idle_for >= timeout {
+                cuts.push((ino, "idle", &conns.closed_idle));
+                left = left.saturating_sub(1);
+            } else if left > conns.limits.max && idle_for >= GRACE.min(timeout) {
+                cuts.push((ino, "idle over the limit", &conns.closed_over_limit));
+                left -= 1;
+            }
+        }
+        for (ino, why, counter) in cuts {
             let Some(seen) = self.ours.get_mut(&ino) else {
                 continue;
             };
             if shut_down(seen.fd, ino) {
-                log::debug!(
-                    "closed connection from {} after {} ms idle",
-                    seen.peer,
-                    idle_for.as_millis()
-                );
-                reason.fetch_add(1, Ordering::Relaxed);
+                log::debug!("closed connection from {}: {why}", seen.peer);
+                counter.fetch_add(1, Ordering::Relaxed);
                 open -= 1;
                 seen.closing = true;
             }
@@ -472,7 +574,7 @@ impl Warden {
         if self.spare.is_empty() {
             self.spare = spares();
         }
-        Ok(listening)
+        Ok(())
     }
 }
 
@@ -522,6 +624,34 @@ fn inspect(fd: i32, ino: u64, port: u16) -> io::Result<Option<SocketAddr>> {
     }
     // A listening socket has no peer.
     Ok(socket.peer_addr().ok().and_then(|peer| peer.as_socket()))
+}
+
+/// The bytes connection `ino` has received so far (Linux's `TCP_INFO`), if it can be told.
+#[cfg(target_os = "linux")]
+fn received_bytes(fd: i32, ino: u64) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let copy = own_copy(fd, ino).ok()??;
+    // SAFETY: tcp_info is plain data; zeroed is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which we own.
+    let done = unsafe {
+        libc::getsockopt(
+            copy.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    // Kernels before 4.1 do not fill in the count: then heads are bounded by time alone.
+    let filled = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_received) + 8;
+    (done == 0 && len as usize >= filled).then_some(info.tcpi_bytes_received)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn received_bytes(_fd: i32, _ino: u64) -> Option<u64> {
+    None
 }
 
 /// Shuts connection `ino` down: tiny_http's reader sees the end and closes it. True if done.
@@ -630,6 +760,7 @@ mod tests {
         Connections::new(Limits {
             max,
             idle_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(10),
         })
     }
 
@@ -689,6 +820,7 @@ mod tests {
         let c = Connections::new(Limits {
             max: 10,
             idle_timeout: Duration::from_millis(300),
+            request_timeout: Duration::from_secs(10),
         });
         let mut warden = Warden::new(ListenerId::of(&listener).unwrap()).expect("linux");
         let idle_client = std::net::TcpStream::connect(addr).unwrap();
@@ -697,9 +829,9 @@ mod tests {
         let (busy_server, _) = listener.accept().unwrap();
         let busy = c.begin(Some(busy_client.local_addr().unwrap())).unwrap();
         // Counted from their second look on.
-        assert!(warden.look(&c).unwrap());
+        warden.look(&c).unwrap();
         assert_eq!(c.counts().open, 0);
-        assert!(warden.look(&c).unwrap());
+        warden.look(&c).unwrap();
         assert_eq!(c.counts().open, 2);
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut buf = [0u8; 1];
@@ -729,5 +861,69 @@ mod tests {
             "the busy one is still open"
         );
         drop((busy, busy_server));
+    }
+
+    /// Reads from `client` until the server's side ends it, within 20 s of looks.
+    fn wait_cut(warden: &mut Warden, c: &Connections, client: &std::net::TcpStream) {
+        use std::io::Read;
+        client
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut buf = [0u8; 1];
+        loop {
+            assert!(Instant::now() < deadline, "the connection was never cut");
+            warden.look(c).unwrap();
+            if let Ok(0) = (&*client).read(&mut buf) {
+                return;
+            }
+        }
+    }
+
+    /// A request past its deadline is cut with its request in flight; so is one doomed;
+    /// a head that grows past MAX_HEAD is cut without any request.
+    #[test]
+    fn the_warden_cuts_overdue_requests_and_oversized_heads() {
+        use std::io::Write;
+        let listener = crate::net::bind_listener("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let c = Connections::new(Limits {
+            max: 10,
+            idle_timeout: Duration::from_secs(600),
+            request_timeout: Duration::from_secs(600),
+        });
+        let mut warden = Warden::new(ListenerId::of(&listener).unwrap()).expect("linux");
+        let slow = std::net::TcpStream::connect(addr).unwrap();
+        let doomed = std::net::TcpStream::connect(addr).unwrap();
+        let mut heady = std::net::TcpStream::connect(addr).unwrap();
+        let on_time = std::net::TcpStream::connect(addr).unwrap();
+        let _accepted: Vec<_> = (0..4).map(|_| listener.accept().unwrap()).collect();
+        let busy_slow = c.begin(Some(slow.local_addr().unwrap())).unwrap();
+        let busy_doomed = c.begin(Some(doomed.local_addr().unwrap())).unwrap();
+        let busy_on_time = c.begin(Some(on_time.local_addr().unwrap())).unwrap();
+        busy_on_time.set_deadline(
+            Direction::Writing,
+            Some(Instant::now() + Duration::from_secs(600)),
+        );
+        warden.look(&c).unwrap();
+        warden.look(&c).unwrap();
+        assert_eq!(c.counts().open, 4);
+
+        busy_slow.set_deadline(Direction::Reading, Some(Instant::now()));
+        wait_cut(&mut warden, &c, &slow);
+        assert_eq!(c.counts().closed_slow, 1);
+
+        busy_doomed.doom();
+        wait_cut(&mut warden, &c, &doomed);
+        assert_eq!(c.counts().closed_slow, 2);
+
+        heady
+            .write_all(&vec![b'a'; MAX_HEAD as usize + 4096])
+            .unwrap();
+        wait_cut(&mut warden, &c, &heady);
+        assert_eq!(c.counts().closed_slow, 3);
+        assert_eq!(c.counts().closed_idle, 0);
+        assert_eq!(c.counts().open, 1, "the request on time is left alone");
+        drop((busy_slow, busy_doomed, busy_on_time));
     }
 }

@@ -1,34 +1,51 @@
-//! Socket set-up shared by the index and the peers' file servers, and the HTTP client agent
-//! their calls to each other use.
+//! The HTTP servers' edge (socket set-up, accepting, request threads, deadlines), shared by
+//! the index and the peers' file servers, and the HTTP client agent their calls to each other
+//! use.
 //!
-//! Why a hand-built listener: `std::net::TcpListener::bind` listens with a backlog of 128, and
-//! a burst of a few hundred peers connecting at once overflows it (clients then retry only
-//! after about a second). We listen with a larger backlog.
-//!
-//! What we must not do: put a receive timeout on the listening socket. Accepted sockets would
-//! inherit it (bounding idle keep-alive connections), but on Linux `accept` honours it too and
-//! returns `EAGAIN` after the timeout, which ends tiny_http 0.12's accept thread for good: an
-//! index idle for that long would stop accepting. Every nap client sends `Connection: close`
-//! (see `peer::client`); other clients' idle connections are closed by the warden
-//! (`connections`).
+//! tiny_http parses requests; around it:
+//! - The listening socket is built here (`bind_listener`): a large backlog (`std`'s 128
+//!   overflows under a burst of peers), `TCP_NODELAY` (an answer's last segment must not wait
+//!   for the client's delayed ACK, 44 ms on Linux) and a send timeout, both of which Linux
+//!   passes on to every accepted socket. No receive timeout: `accept` would honour it too and
+//!   end tiny_http's accept thread after that long without a connection.
+//! - tiny_http's accept thread ends on the first failed accept (out of descriptors, say), or
+//!   panics if the descriptor for its second handle of a connection cannot be had. The server
+//!   keeps its own handle on the listening socket, notices (an error from `recv`, or the
+//!   descriptor it handed over gone) and starts a new tiny_http server on the same socket, so
+//!   connections queue in the backlog meanwhile and none is refused (`keep_accepting`).
+//! - Each request runs on a thread of its own (`pool`), its body and its answer bounded in
+//!   time (`exchange`), and the warden (`connections`) cuts what overstays.
 
 pub mod connections;
+pub mod exchange;
+pub mod pool;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::sync::Arc;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 
-pub use connections::{Busy, Call, Connections, Counts, Limits};
+pub use connections::{Busy, Connections, Counts, Direction, Limits, MAX_HEAD, MIN_RATE};
+pub use exchange::{Answer, Body, BodyError, Call, Status};
+pub use pool::{Elastic, Permit, Permits};
+
+use crate::threads::lock;
 
 /// Pending-connection queue length asked of the kernel (it caps it at `somaxconn`).
 pub const LISTEN_BACKLOG: i32 = 4096;
 
-/// Binds `addr` (e.g. `127.0.0.1:0`) with a large backlog.
+/// Binds `addr` (e.g. `127.0.0.1:0`) with a large backlog, `TCP_NODELAY`, and a send timeout
+/// of `write_timeout` that accepted sockets inherit.
 pub fn bind_listener(addr: &str) -> io::Result<TcpListener> {
+    bind_listener_with(addr, None)
+}
+
+fn bind_listener_with(addr: &str, write_timeout: Option<Duration>) -> io::Result<TcpListener> {
     let sockaddr: SocketAddr = addr.to_socket_addrs()?.next().ok_or_else(|| {
         io::Error::new(io::ErrorKind::InvalidInput, "address resolves to nothing")
     })?;
@@ -38,80 +55,261 @@ pub fn bind_listener(addr: &str) -> io::Result<TcpListener> {
         None,
     )?;
     socket.set_reuse_address(true)?;
+    socket.set_nodelay(true)?;
+    socket.set_write_timeout(write_timeout)?;
     socket.bind(&sockaddr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
 }
 
-/// A tiny_http server with its connection limit.
+/// An HTTP server: the listening socket, the tiny_http servers accepting on it (a new one
+/// whenever one stops), and its connection limits.
 pub struct HttpServer {
-    pub server: Arc<tiny_http::Server>,
     /// The address actually bound.
     pub addr: SocketAddr,
     pub conns: Arc<Connections>,
-    listener: connections::ListenerId,
+    listener: TcpListener,
+    listener_id: connections::ListenerId,
+    /// Every tiny_http server started on the listener (to unblock them all at stop).
+    servers: Arc<Mutex<Vec<Arc<tiny_http::Server>>>>,
+    stopping: Arc<AtomicBool>,
 }
 
+/// How often the accepting side is checked for a silent end (tiny_http's thread panicked).
+const ACCEPT_CHECK: Duration = Duration::from_millis(500);
+/// The longest wait before accepting again after accepting failed.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 impl HttpServer {
-    /// Binds `addr` and starts tiny_http on it, after making sure `limits.max` connections
-    /// fit in the open-file limit.
+    /// Binds `addr`, after making sure `limits.max` connections fit in the open-file limit.
     pub fn start(addr: &str, limits: Limits) -> io::Result<HttpServer> {
-        if limits.max == 0 || limits.idle_timeout.is_zero() {
+        if limits.max == 0 || limits.idle_timeout.is_zero() || limits.request_timeout.is_zero() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "the connection limit and the idle timeout must be more than 0",
+                "the connection limit, the idle timeout and the request timeout must be more \
+                 than 0",
             ));
         }
         connections::reserve_descriptors(limits.max)?;
-        let listener = bind_listener(addr)?;
-        let local = listener.local_addr()?;
-        let id = connections::ListenerId::of(&listener)?;
-        let server = tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let listener = bind_listener_with(addr, Some(limits.request_timeout))?;
         Ok(HttpServer {
-            server: Arc::new(server),
-            addr: local,
+            addr: listener.local_addr()?,
             conns: Connections::new(limits),
-            listener: id,
+            listener_id: connections::ListenerId::of(&listener)?,
+            listener,
+            servers: Arc::new(Mutex::new(Vec::new())),
+            stopping: Arc::new(AtomicBool::new(false)),
         })
     }
 
-    /// Starts the dispatcher: the one thread that takes requests from tiny_http, gives each a
-    /// place among those in flight (or hands it to `refuse` when none is left) and queues it
-    /// for the workers. So a request waiting for a worker (an upload slot, say) already counts
-    /// as in flight, and the warden never takes it for idle. It ends when the server is
-    /// unblocked; the workers' channel closes after the last queued request.
-    pub fn spawn_dispatcher(
+    /// Starts accepting: each request gets its place among those in flight and runs
+    /// `handle` on a thread of `pool`; one that finds no place runs `refuse` (to answer 503
+    /// at once). Returns the thread that keeps accepting; it ends at `stop`.
+    pub fn serve(
         &self,
-        refuse: impl Fn(tiny_http::Request, &Connections) + Send + 'static,
-    ) -> io::Result<(JoinHandle<()>, Receiver<Call>)> {
-        let (to_workers, calls) = crossbeam_channel::unbounded();
-        let (server, conns) = (self.server.clone(), self.conns.clone());
-        let handle = std::thread::Builder::new()
-            .name("dispatch".into())
-            .spawn(move || {
-                while let Ok(request) = server.recv() {
-                    if let Some(call) = conns.take(request, &refuse) {
-                        if to_workers.send(call).is_err() {
-                            return;
+        pool: Elastic,
+        handle: impl Fn(Call) + Send + Sync + 'static,
+        refuse: impl Fn(Call) + Send + Sync + 'static,
+    ) -> io::Result<JoinHandle<()>> {
+        let keeper = Keeper {
+            listener: self.listener.try_clone()?,
+            conns: self.conns.clone(),
+            servers: self.servers.clone(),
+            stopping: self.stopping.clone(),
+            idle: {
+                let limits = self.conns.limits();
+                limits.idle_timeout + limits.request_timeout
+            },
+        };
+        let first = keeper.start_server()?;
+        let handle = Arc::new(handle);
+        let refuse = Arc::new(refuse);
+        let dispatch: Dispatch = Arc::new(move |request, conns| {
+            let (handle, refuse) = (handle.clone(), refuse.clone());
+            let run = match conns.take(request) {
+                connections::Taken::Placed(call) => pool.run(move || handle(call)),
+                connections::Taken::Refused(call) => pool.run(move || refuse(call)),
+            };
+            if let Err(e) = run {
+                log::warn!("could not start a thread for a request: {e}");
+            }
+        });
+        std::thread::Builder::new()
+            .name("accept-keeper".into())
+            .spawn(move || keeper.run(first, &dispatch))
+    }
+
+    /// Starts the warden thread (see `connections`); it ends when `stop` closes.
+    pub fn spawn_warden(&self, stop: Receiver<()>) -> io::Result<JoinHandle<()>> {
+        let (conns, listener) = (self.conns.clone(), self.listener_id);
+        std::thread::Builder::new()
+            .name("conn-warden".into())
+            .spawn(move || conns.watch(listener, &stop))
+    }
+
+    /// Stops accepting and ends the dispatchers (requests in flight are still answered).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for server in lock(&self.servers).iter() {
+            server.unblock();
+        }
+    }
+}
+
+/// What a dispatcher does with each request tiny_http hands over.
+type Dispatch = Arc<dyn Fn(tiny_http::Request, &Arc<Connections>) + Send + Sync>;
+
+/// Keeps a tiny_http server accepting on the listener.
+struct Keeper {
+    listener: TcpListener,
+    conns: Arc<Connections>,
+    servers: Arc<Mutex<Vec<Arc<tiny_http::Server>>>>,
+    stopping: Arc<AtomicBool>,
+    /// How long a replaced server's dispatcher goes on after its last request: by then the
+    /// warden has closed every connection it had.
+    idle: Duration,
+}
+
+/// A tiny_http server, and the descriptor of the listening socket it accepts on.
+struct Accepting {
+    server: Arc<tiny_http::Server>,
+    fd: i32,
+}
+
+impl Keeper {
+    fn start_server(&self) -> io::Result<Accepting> {
+        let handle = self.listener.try_clone()?;
+        let fd = handle.as_raw_fd();
+        let server = tiny_http::Server::from_listener(handle, None)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let server = Arc::new(server);
+        let mut servers = lock(&self.servers);
+        servers.push(server.clone());
+        if self.stopping.load(Ordering::SeqCst) {
+            server.unblock();
+        }
+        Ok(Accepting { server, fd })
+    }
+
+    /// Runs a dispatcher per server, and starts a new server whenever the current one stops
+    /// accepting, until `stop`.
+    fn run(&self, first: Accepting, dispatch: &Dispatch) {
+        let mut current = first;
+        let mut backoff = Duration::from_millis(25);
+        loop {
+            let (ended, accept_ended) = crossbeam_channel::bounded::<()>(1);
+            let started = Instant::now();
+            let dispatcher = self.spawn_dispatcher(&current.server, dispatch.clone(), ended);
+            if let Err(e) = dispatcher {
+                log::error!("could not start a dispatcher: {e}");
+            }
+            // Wait for this server to stop accepting (or the process to stop).
+            loop {
+                if self.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                match accept_ended.recv_timeout(ACCEPT_CHECK) {
+                    Ok(()) => break,
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        if !still_open(current.fd, &self.listener) {
+                            log::error!("the HTTP server stopped accepting without an error");
+                            break;
                         }
                     }
                 }
-            })?;
-        Ok((handle, calls))
+            }
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            self.conns.count_accept_restart();
+            if started.elapsed() > Duration::from_secs(10) {
+                backoff = Duration::from_millis(25);
+            }
+            // Out of descriptors, most likely: give the warden time to shed connections.
+            loop {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                if self.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                match self.start_server() {
+                    Ok(next) => {
+                        log::warn!("accepting connections again");
+                        current = next;
+                        break;
+                    }
+                    Err(e) => log::warn!("could not accept connections again yet: {e}"),
+                }
+            }
+        }
     }
 
-    /// Starts the warden thread (see `connections`); it ends when `stop` closes, and calls
-    /// `on_lost` if the server stops accepting.
-    pub fn spawn_warden(
+    /// The dispatcher of one server: hands each request over until the server is unblocked
+    /// (stop) or, once it no longer accepts, until it has been quiet for `idle`.
+    fn spawn_dispatcher(
         &self,
-        stop: Receiver<()>,
-        on_lost: impl FnOnce() + Send + 'static,
+        server: &Arc<tiny_http::Server>,
+        dispatch: Dispatch,
+        ended: Sender<()>,
     ) -> io::Result<JoinHandle<()>> {
-        let (conns, listener) = (self.conns.clone(), self.listener);
+        let (server, conns, servers) = (server.clone(), self.conns.clone(), self.servers.clone());
+        let (stopping, idle) = (self.stopping.clone(), self.idle);
         std::thread::Builder::new()
-            .name("conn-warden".into())
-            .spawn(move || conns.watch(listener, &stop, on_lost))
+            .name("dispatch".into())
+            .spawn(move || {
+                let mut accepting = true;
+                let mut last = Instant::now();
+                loop {
+                    let wait = if accepting { ACCEPT_CHECK } else { idle };
+                    match server.recv_timeout(wait) {
+                        Ok(Some(request)) => {
+                            last = Instant::now();
+                            dispatch(request, &conns);
+                        }
+                        // Unblocked, or nothing for a while.
+                        Ok(None) => {
+                            if stopping.load(Ordering::SeqCst) {
+                                break;
+                            }
+                            if !accepting && last.elapsed() >= idle {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            if accepting {
+                                log::error!("accepting a connection failed: {e}");
+                                accepting = false;
+                                let _ = ended.try_send(());
+                            }
+                        }
+                    }
+                }
+                // A retired server is forgotten (what it still holds goes with it).
+                lock(&servers).retain(|s| !Arc::ptr_eq(s, &server));
+            })
+    }
+}
+
+/// Is descriptor `fd` still the listening socket? (tiny_http's accept thread owns its
+/// handle; if that thread ends without a word, the handle is closed.)
+fn still_open(fd: i32, listener: &TcpListener) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // Where /proc cannot tell, only an error from tiny_http says it ended.
+    if !std::path::Path::new("/proc/self/fd").is_dir() {
+        return true;
+    }
+    let link = match std::fs::read_link(format!("/proc/self/fd/{fd}")) {
+        Ok(link) => link,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return false,
+        Err(_) => return true,
+    };
+    let ours = std::fs::metadata(format!("/proc/self/fd/{}", listener.as_raw_fd()))
+        .map(|m| m.ino())
+        .ok();
+    match ours {
+        Some(ino) => link.to_string_lossy() == format!("socket:[{ino}]"),
+        None => true,
     }
 }
 

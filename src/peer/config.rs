@@ -26,6 +26,10 @@ pub struct PeerConfig {
     pub max_connections: usize,
     /// A connection to the file server without a request for this long is closed.
     pub idle_timeout: Duration,
+    /// A request's head and each part of an answer (a file) must move within this time, and
+    /// on average at `net::MIN_RATE` after it, or the connection is closed and its upload
+    /// slot freed. Also the longest a download waits for a free slot.
+    pub request_timeout: Duration,
 }
 
 /// Connections the file server takes unless told otherwise (fewer if the open-file limit
@@ -44,6 +48,7 @@ impl Default for PeerConfig {
             upload_slots: 4,
             max_connections: crate::net::connections::fitting(DEFAULT_MAX_CONNECTIONS),
             idle_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -78,9 +83,9 @@ impl std::fmt::Display for ConfigError {
                 "--rescan-interval must be more than 0 seconds (10 is the default; a short one \
                  such as 0.2 reports changes sooner)",
             ),
-            ConfigError::ZeroConnectionLimit => {
-                f.write_str("--max-connections and --idle-timeout must be more than 0")
-            }
+            ConfigError::ZeroConnectionLimit => f.write_str(
+                "--max-connections, --idle-timeout and --request-timeout must be more than 0",
+            ),
         }
     }
 }
@@ -99,7 +104,10 @@ impl PeerConfig {
         if self.rescan_interval.is_zero() {
             return Err(ConfigError::ZeroRescanInterval);
         }
-        if self.max_connections == 0 || self.idle_timeout.is_zero() {
+        if self.max_connections == 0
+            || self.idle_timeout.is_zero()
+            || self.request_timeout.is_zero()
+        {
             return Err(ConfigError::ZeroConnectionLimit);
         }
         Ok(())

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 
 use client::{ClientError, IndexClient};
 use download::{DownloadError, Downloader, Progress};
@@ -371,10 +371,9 @@ impl Peer {
 /// A running peer: file server, agent and task worker around a shared [`Peer`].
 pub struct PeerNode {
     peer: Arc<Peer>,
-    server: Arc<tiny_http::Server>,
+    http: crate::net::HttpServer,
     stop: Sender<()>,
     threads: Vec<JoinHandle<()>>,
-    failed: Receiver<()>,
 }
 
 impl PeerNode {
@@ -393,9 +392,10 @@ impl PeerNode {
             crate::net::Limits {
                 max: config.max_connections,
                 idle_timeout: config.idle_timeout,
+                request_timeout: config.request_timeout,
             },
         )?;
-        let (server, bound) = (http.server.clone(), http.addr);
+        let bound = http.addr;
         let addr = config
             .advertise
             .clone()
@@ -404,18 +404,14 @@ impl PeerNode {
         let peer = Arc::new(Peer::new(config, addr, clock)?);
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let mut threads = Vec::new();
-        let (dispatcher, calls) = http.spawn_dispatcher(server::refuse)?;
-        threads.push(dispatcher);
-        for n in 0..slots {
-            let (peer, calls) = (peer.clone(), calls.clone());
-            threads.push(spawn(format!("upload-{n}"), move || {
-                server::serve(&peer, &calls)
-            })?);
-        }
-        let (fail, failed) = crossbeam_channel::bounded(1);
-        threads.push(http.spawn_warden(stopped.clone(), move || {
-            let _ = fail.try_send(());
-        })?);
+        let uploads = crate::net::Permits::new(slots);
+        let (serving, conns) = (peer.clone(), http.conns.clone());
+        threads.push(http.serve(
+            crate::net::Elastic::new("files"),
+            move |call| server::serve(&serving, call, &uploads),
+            move |call| server::refuse(call, &conns.refusal()),
+        )?);
+        threads.push(http.spawn_warden(stopped.clone())?);
         let (tasks, inbox) = agent::TaskQueue::new();
         let worker = peer.clone();
         threads.push(spawn("tasks", move || agent::run_tasks(&worker, &inbox))?);
@@ -438,21 +434,14 @@ impl PeerNode {
         );
         Ok(PeerNode {
             peer,
-            server,
+            http,
             stop,
             threads,
-            failed,
         })
     }
 
     pub fn peer(&self) -> &Arc<Peer> {
         &self.peer
-    }
-
-    /// Ready once the file server has stopped accepting connections (see
-    /// `net::connections`): the process should stop, so its supervisor starts a fresh one.
-    pub fn failed(&self) -> &Receiver<()> {
-        &self.failed
     }
 
     /// Leaves the index and stops every thread.
@@ -461,9 +450,7 @@ impl PeerNode {
             log::warn!("could not unregister: {e}");
         }
         drop(self.stop);
-        for _ in 0..self.threads.len() {
-            self.server.unblock();
-        }
+        self.http.stop();
         for t in self.threads {
             let _ = t.join();
         }

@@ -5,45 +5,31 @@
 
 use std::io::{Read, Seek, SeekFrom};
 
-use crossbeam_channel::Receiver;
-use tiny_http::{Header, Method, Request, Response, StatusCode};
-
 use super::Peer;
-use crate::net::{Call, Connections};
+use crate::net::{Answer, Body, Call, Permits, Status};
 use crate::protocol::{self, ErrorBody, ErrorCode};
 
-/// A worker: answers the dispatcher's requests until it stops. Each worker streams one file
-/// at a time, so the number of workers is the number of upload slots.
-pub fn serve(peer: &Peer, calls: &Receiver<Call>) {
-    while let Ok(request) = calls.recv() {
-        answer(peer, request);
-    }
+/// Serves one request on this thread (each request has its own, see `net::pool`). Only the
+/// body of a file takes one of the `slots` (`--upload-slots`), so `/status` and errors are
+/// answered whatever the uploads do, and a client that reads slowly frees its slot when the
+/// server gives up on it (`--request-timeout`, at the minimum rate).
+pub fn serve(peer: &Peer, call: Call, slots: &Permits) {
+    answer(peer, call, slots);
 }
 
 /// Answers a request that found no place (`--max-connections` in flight): 503, at once.
-pub fn refuse(request: Request, conns: &Connections) {
-    let mut response = error_response(ErrorCode::Overloaded, &conns.refusal());
-    if let Some(h) = header("Retry-After", "1") {
-        response.add_header(h);
-    }
-    let _ = request.respond(response);
+pub fn refuse(call: Call, refusal: &str) {
+    let answer = error_answer(ErrorCode::Overloaded, refusal).with_header("Retry-After", "1");
+    let _ = call.answer(answer);
 }
 
-fn header(name: &str, value: &str) -> Option<Header> {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
+fn error_answer(code: ErrorCode, message: &str) -> Answer {
+    let body = serde_json::to_vec(&ErrorBody::new(code, message)).unwrap_or_default();
+    Answer::bytes(code.status(), "application/json", body)
 }
 
-fn error_response(code: ErrorCode, message: &str) -> Response<std::io::Cursor<Vec<u8>>> {
-    let body = serde_json::to_string(&ErrorBody::new(code, message)).unwrap_or_default();
-    let mut response = Response::from_string(body).with_status_code(code.status());
-    if let Some(h) = header("Content-Type", "application/json") {
-        response.add_header(h);
-    }
-    response
-}
-
-fn error(request: Call, code: ErrorCode, message: &str) {
-    let _ = request.respond(error_response(code, message));
+fn error(call: Call, code: ErrorCode, message: &str) {
+    let _ = call.answer(error_answer(code, message));
 }
 
 /// A parsed `Range` header: the first and last byte wanted, both inclusive.
@@ -89,46 +75,50 @@ pub fn parse_range(value: Option<&str>, len: u64) -> ByteRange {
     }
 }
 
-fn answer(peer: &Peer, request: Call) {
+fn answer(peer: &Peer, mut call: Call, slots: &Permits) {
     let store = &peer.store;
-    let head = match request.method() {
-        Method::Get => false,
-        Method::Head => true,
+    // Requests to a file server carry no body; a small one is read and dropped.
+    if call.read_body(IGNORED_BODY).is_err() {
+        return error(
+            call,
+            ErrorCode::BadRequest,
+            "requests to a file server carry no body",
+        );
+    }
+    let head = match call.method() {
+        tiny_http::Method::Get => false,
+        tiny_http::Method::Head => true,
         _ => {
             return error(
-                request,
+                call,
                 ErrorCode::MethodNotAllowed,
                 "method not allowed; use GET or HEAD",
             )
         }
     };
-    let url = request.url().to_string();
+    let url = call.url().to_string();
     let path = url.split('?').next().unwrap_or("");
     if path == protocol::PATH_STATUS {
-        let body = serde_json::to_string(&peer.status_report()).unwrap_or_default();
-        let mut response = Response::from_string(body);
-        if let Some(h) = header("Content-Type", "application/json") {
-            response.add_header(h);
-        }
-        let _ = request.respond(response);
+        let body = serde_json::to_vec(&peer.status_report()).unwrap_or_default();
+        let _ = call.answer(Answer::bytes(200, "application/json", body));
         return;
     }
     let Some(raw) = path.strip_prefix(protocol::PATH_FILES) else {
         return error(
-            request,
+            call,
             ErrorCode::NotFound,
             "no such endpoint; files are under /files/NAME",
         );
     };
     let Some(name) = protocol::url_decode(raw, false) else {
-        return error(request, ErrorCode::BadRequest, "bad escape in file name");
+        return error(call, ErrorCode::BadRequest, "bad escape in file name");
     };
     if let Err(why) = protocol::validate_file_name(&name) {
-        return error(request, ErrorCode::BadRequest, &why.to_string());
+        return error(call, ErrorCode::BadRequest, &why.to_string());
     }
     let Some(meta) = store.get(&name) else {
         return error(
-            request,
+            call,
             ErrorCode::NotFound,
             &format!("{name} is not shared here"),
         );
@@ -138,72 +128,76 @@ fn answer(peer: &Peer, request: Call) {
         Err(e) => {
             log::warn!("cannot serve {name}: {e}");
             return error(
-                request,
+                call,
                 ErrorCode::NotFound,
                 &format!("{name} is not available here"),
             );
         }
     };
-    let range_header = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Range"))
-        .map(|h| h.value.as_str().to_string());
-    let (status, first, count) = match parse_range(range_header.as_deref(), len) {
+    let (status, first, count) = match parse_range(call.header("Range"), len) {
         ByteRange::Whole => (200, 0, len),
         ByteRange::Part(a, b) => (206, a, b - a + 1),
         ByteRange::Unsatisfiable => {
-            let mut response = Response::from_string("").with_status_code(416);
-            if let Some(h) = header("Content-Range", &format!("bytes */{len}")) {
-                response.add_header(h);
-            }
-            let _ = request.respond(response);
+            let answer = error_answer(
+                ErrorCode::RangeNotSatisfiable,
+                &format!("{name} has {len} bytes"),
+            )
+            .with_header("Content-Range", format!("bytes */{len}"));
+            let _ = call.answer(answer);
             return;
         }
     };
     if first > 0 {
         if let Err(e) = file.seek(SeekFrom::Start(first)) {
             return error(
-                request,
+                call,
                 ErrorCode::Internal,
                 &format!("cannot read {name}: {e}"),
             );
         }
     }
-    let mut headers = vec![
-        header("Content-Type", "application/octet-stream"),
-        header("Accept-Ranges", "bytes"),
-        header(protocol::HEADER_VERSION, &meta.version.to_string()),
-        header(protocol::HEADER_SHA256, &meta.sha256),
-        header("ETag", &format!("\"{}\"", meta.sha256)),
-    ];
-    if status == 206 {
-        headers.push(header(
-            "Content-Range",
-            &format!("bytes {first}-{}/{len}", first + count - 1),
-        ));
-    }
-    let body: Box<dyn Read + Send> = if head {
-        Box::new(std::io::empty())
-    } else {
-        Box::new(file.take(count))
+    let wait = call.limits().request_timeout;
+    let Some(slot) = slots.acquire_within(wait) else {
+        let answer = error_answer(
+            ErrorCode::Overloaded,
+            "every upload slot is busy; retry later or ask another holder",
+        )
+        .with_header("Retry-After", "1");
+        let _ = call.answer(answer);
+        return;
     };
-    let response = Response::new(
-        StatusCode(status),
-        headers.into_iter().flatten().collect(),
-        body,
-        Some(count as usize),
-        None,
-    );
+    let mut answer = Answer {
+        status: Status(status),
+        headers: vec![
+            ("Content-Type", "application/octet-stream".into()),
+            ("Accept-Ranges", "bytes".into()),
+            (protocol::HEADER_VERSION, meta.version.to_string()),
+            (protocol::HEADER_SHA256, meta.sha256.clone()),
+            ("ETag", format!("\"{}\"", meta.sha256)),
+        ],
+        body: Body::Stream {
+            reader: Box::new(file.take(count)),
+            len: count,
+        },
+    };
+    if status == 206 {
+        answer = answer.with_header(
+            "Content-Range",
+            format!("bytes {first}-{}/{len}", first + count - 1),
+        );
+    }
     log::debug!("serving {name} bytes {first}+{count}");
     let running = peer.transfers.upload();
-    match request.respond(response) {
+    match call.answer(answer) {
         Ok(()) if !head => peer.transfers.uploaded(count),
         Ok(()) => {}
         Err(e) => log::debug!("upload of {name} ended early: {e}"),
     }
-    drop(running);
+    drop((running, slot));
 }
+
+/// Body bytes a file server reads (and drops) from a request: none is expected.
+const IGNORED_BODY: usize = 64 * 1024;
 
 #[cfg(test)]
 mod tests {

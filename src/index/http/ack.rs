@@ -9,6 +9,14 @@ use super::reply::{ApiError, Reply};
 use super::{respond, Edge};
 use crate::net::Call;
 
+/// Which thread sends an answer: the request's own writes it; any other hands it to the pool,
+/// so the committer never waits on a client that reads slowly.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum From {
+    RequestThread,
+    Elsewhere,
+}
+
 /// An answer waiting for its op to reach the disk.
 pub struct Pending {
     pub request: Call,
@@ -26,8 +34,8 @@ pub fn commit(edge: &Edge, pending: &Receiver<Pending>) {
         let stored = edge.index.durable(last).map_err(ApiError::from);
         for Pending { request, reply } in group {
             match &stored {
-                Ok(()) => finish(edge, request, reply),
-                Err(e) => finish(edge, request, reply.failed(e)),
+                Ok(()) => finish(edge, request, reply, From::Elsewhere),
+                Err(e) => finish(edge, request, reply.failed(e), From::Elsewhere),
             }
         }
     }
@@ -36,13 +44,18 @@ pub fn commit(edge: &Edge, pending: &Receiver<Pending>) {
 /// Waits for this one answer's op here (when there is no committer to hand it to).
 pub fn commit_one(edge: &Edge, request: Call, reply: Reply) {
     match edge.index.durable(reply.after) {
-        Ok(()) => finish(edge, request, reply),
-        Err(e) => finish(edge, request, reply.failed(&ApiError::from(e))),
+        Ok(()) => finish(edge, request, reply, From::RequestThread),
+        Err(e) => finish(
+            edge,
+            request,
+            reply.failed(&ApiError::from(e)),
+            From::RequestThread,
+        ),
     }
 }
 
 /// Sends the answer, or parks a long poll; then wakes the peers the answer names.
-pub fn finish(edge: &Edge, request: Call, mut reply: Reply) {
+pub fn finish(edge: &Edge, request: Call, mut reply: Reply, from: From) {
     let index = &edge.index;
     if let Some(started) = reply.started {
         index
@@ -54,7 +67,8 @@ pub fn finish(edge: &Edge, request: Call, mut reply: Reply) {
         Some(park) => edge
             .waiters
             .park(index, park.peer_id, request, park.wait, park.rejected),
-        None => respond(request, reply),
+        None if from == From::RequestThread => respond(request, reply),
+        None => edge.send_later(request, reply),
     }
     for peer_id in wake {
         edge.waiters.wake(index, &peer_id);

@@ -11,7 +11,7 @@ use crossbeam_channel::Receiver;
 
 use super::reply::Reply;
 use crate::index::Index;
-use crate::net::Call;
+use crate::net::{Call, Elastic};
 use crate::protocol::{HeartbeatResponse, Rejected};
 use crate::threads::{lock, stopped};
 
@@ -30,12 +30,21 @@ struct Parked {
 }
 
 /// Heartbeats waiting for a task, one per peer.
-#[derive(Default)]
 pub struct Waiters {
     parked: Mutex<HashMap<String, Parked>>,
+    /// Answers are written from its threads: whoever wakes a heartbeat (the planner, a
+    /// request, the keeper) must not wait on that peer's connection.
+    pool: Elastic,
 }
 
 impl Waiters {
+    pub fn new(pool: Elastic) -> Waiters {
+        Waiters {
+            parked: Mutex::new(HashMap::new()),
+            pool,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Parked>> {
         lock(&self.parked)
     }
@@ -57,7 +66,7 @@ impl Waiters {
         };
         let older = self.lock().insert(peer_id.clone(), parked);
         if let Some(older) = older {
-            answer(index, &peer_id, older);
+            self.answer(index, &peer_id, older);
         }
         // A task planned between the handler's look and the parking must not wait.
         if index.has_new_tasks(&peer_id) {
@@ -69,7 +78,7 @@ impl Waiters {
     pub fn wake(&self, index: &Index, peer_id: &str) {
         let parked = self.lock().remove(peer_id);
         if let Some(parked) = parked {
-            answer(index, peer_id, parked);
+            self.answer(index, peer_id, parked);
         }
     }
 
@@ -88,20 +97,20 @@ impl Waiters {
                 .collect()
         };
         for (peer_id, parked) in due {
-            answer(index, &peer_id, parked);
+            self.answer(index, &peer_id, parked);
         }
     }
-}
 
-fn answer(index: &Index, peer_id: &str, parked: Parked) {
-    let reply = Reply::json(
-        200,
-        &HeartbeatResponse {
-            tasks: index.deliver_tasks(peer_id),
-            rejected: parked.rejected,
-        },
-    );
-    super::respond(parked.request, reply);
+    fn answer(&self, index: &Index, peer_id: &str, parked: Parked) {
+        let reply = Reply::json(
+            200,
+            &HeartbeatResponse {
+                tasks: index.deliver_tasks(peer_id),
+                rejected: parked.rejected,
+            },
+        );
+        super::send_later(&self.pool, parked.request, reply);
+    }
 }
 
 /// The long-poll keeper: answers waiting heartbeats as their wait ends; when `stop` closes,
