@@ -127,7 +127,7 @@ fn the_status_page_shows_the_cluster_in_a_browser() {
     });
     let dom = dump_dom(&format!("{surl}/"));
     assert_eq!(text_of(&dom, "role"), "shadow");
-    assert_eq!(text_of(&dom, "peers-count"), "2");
+    assert_eq!(text_of(&dom, "peers-count"), "2", "{dom}");
     assert!(
         text_of(&dom, "sync").contains("last push from the primary"),
         "{dom}"

@@ -48,6 +48,9 @@ const PAUSE_PER_LOOK: u32 = 50;
 /// While over the limit, a connection idle this long may be shut down: a request may be on
 /// its way on a younger one.
 const GRACE: Duration = Duration::from_millis(250);
+/// A new connection that has sent bytes but not had a request taken for this long is taken
+/// to wait in tiny_http's queue for a thread (see `Warden::look`).
+const STUCK: Duration = Duration::from_millis(150);
 
 /// How many connections a server takes, for how long an idle one stays open, and how long a
 /// request and its answer may take (see `exchange`).
@@ -113,6 +116,8 @@ struct Activity {
     last: Instant,
     /// When the body being read must have moved by (see `exchange::Pace`).
     reading: Option<Instant>,
+    /// When the body being read last moved.
+    read_moved: Instant,
     /// When the answer being written must have moved by.
     writing: Option<Instant>,
     /// To be cut at the warden's next look: a body was left unread, and tiny_http would
@@ -178,7 +183,10 @@ impl Busy {
     /// read or write.
     pub fn set_deadline(&self, direction: Direction, deadline: Option<Instant>) {
         self.update(|a| match direction {
-            Direction::Reading => a.reading = deadline,
+            Direction::Reading => {
+                a.reading = deadline;
+                a.read_moved = Instant::now();
+            }
             Direction::Writing => a.writing = deadline,
         });
     }
@@ -243,6 +251,7 @@ impl Connections {
             requests: 0,
             last: Instant::now(),
             reading: None,
+            read_moved: Instant::now(),
             writing: None,
             doomed: false,
         });
@@ -498,6 +507,10 @@ impl Warden {
         let mut idle: Vec<(Instant, u64)> = Vec::new();
         // Cut: (connection, why, counter).
         let mut cuts: Vec<(u64, &str, &AtomicU64)> = Vec::new();
+        // New connections that have sent something and never had a request taken, and
+        // requests whose body has not moved for a while (since when, which).
+        let mut stuck = 0;
+        let mut stalled: Vec<(Instant, u64)> = Vec::new();
         let head_timeout = conns.limits.request_timeout;
         for (ino, seen) in self.ours.iter_mut().filter(|(_, s)| !s.closing) {
             // The end of its last request, unless the entry is older than the connection
@@ -507,6 +520,10 @@ impl Warden {
                     seen.quiet = None;
                     if a.overdue(now) {
                         cuts.push((*ino, "too slow", &conns.closed_slow));
+                    } else if a.reading.is_some()
+                        && now.saturating_duration_since(a.read_moved) >= STUCK
+                    {
+                        stalled.push((a.read_moved, *ino));
                     }
                     continue;
                 }
@@ -516,6 +533,12 @@ impl Warden {
             // Bytes arriving on a connection with no request: a head being sent. It must be
             // whole within the request timeout and no larger than MAX_HEAD.
             let received = received_bytes(seen.fd, *ino);
+            if !activity.contains_key(&seen.peer)
+                && received.is_some_and(|b| b > 0)
+                && now.saturating_duration_since(seen.first) >= STUCK
+            {
+                stuck += 1;
+            }
             match (&mut seen.quiet, received) {
                 (Some(q), Some(bytes)) if q.since == since => {
                     let sent = bytes.saturating_sub(q.bytes);
@@ -543,6 +566,32 @@ impl Warden {
             idle.push((since, *ino));
         }
         idle.sort();
+        // tiny_http's pool can queue a new connection for a thread that is not free (DESIGN.md,
+        // defect 1): it then waits until some connection of that pool ends. Those that
+        // hold a thread for nothing are ended for it: idle ones (longest first), then
+        // requests whose body has stalled (longest first), one for each connection waiting.
+        if stuck > 0 {
+            stalled.sort();
+            let idle_first = idle.iter().map(|(_, ino)| (*ino, &conns.closed_idle));
+            let stalled_next = stalled.iter().map(|(_, ino)| (*ino, &conns.closed_slow));
+            let mut freed = 0;
+            for (ino, counter) in idle_first.chain(stalled_next) {
+                if freed >= stuck {
+                    break;
+                }
+                // Not one of those waiting (they have no request yet, but sent one).
+                let waiting = self.ours.get(&ino).is_some_and(|s| {
+                    !activity.contains_key(&s.peer)
+                        && s.quiet
+                            .as_ref()
+                            .is_some_and(|q| q.head_from.is_some() || q.bytes > 0)
+                });
+                if !waiting && !cuts.iter().any(|(c, _, _)| *c == ino) {
+                    cuts.push((ino, "holding a thread others wait for", counter));
+                    freed += 1;
+                }
+            }
+        }
         let mut open = self.ours.values().filter(|s| !s.closing).count();
         // The longest idle first, until back under the limit.
         let mut left = open.saturating_sub(cuts.len());
@@ -558,7 +607,7 @@ impl Warden {
             }
         }
         for (ino, why, counter) in cuts {
-            let Some(seen) = self.ours.get_mut(&ino) else {
+            let Some(seen) = self.ours.get_mut(&ino).filter(|s| !s.closing) else {
                 continue;
             };
             if shut_down(seen.fd, ino) {
