@@ -161,7 +161,7 @@ fn run_serve(args: Serve) -> i32 {
     }
     // The shell reads stdin on this thread; a signal leaves the index from another one.
     let leaving = node.peer().clone();
-    std::thread::spawn(move || {
+    let _ = nap::threads::spawn("leave-on-signal", move || {
         if signalled.recv().is_ok() {
             if let Err(e) = leaving.unregister() {
                 log::warn!("could not unregister: {e}");

@@ -31,9 +31,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::Receiver;
 
 use super::exchange::Call;
+use super::sockets::{self, FdDir, Slot};
 use crate::threads::lock;
 
 /// Descriptors a connection costs inside tiny_http: the stream and its clone.
@@ -108,6 +109,12 @@ pub struct Connections {
     closed_over_limit: AtomicU64,
     closed_slow: AtomicU64,
     accept_restarts: AtomicU64,
+    /// Looks the warden has taken, and whether the last one found more connections open
+    /// (or just opened) than `max`: accepting again waits for the warden to shed them.
+    looks: AtomicU64,
+    crowded: AtomicBool,
+    /// Asks the warden to look now rather than after its pause.
+    nudge: (crossbeam_channel::Sender<()>, Receiver<()>),
 }
 
 #[derive(Clone, Copy)]
@@ -224,6 +231,9 @@ impl Connections {
             closed_over_limit: AtomicU64::new(0),
             closed_slow: AtomicU64::new(0),
             accept_restarts: AtomicU64::new(0),
+            looks: AtomicU64::new(0),
+            crowded: AtomicBool::new(false),
+            nudge: crossbeam_channel::bounded(1),
         })
     }
 
@@ -314,9 +324,10 @@ impl Connections {
         };
         let mut pause = SCAN_EVERY;
         loop {
-            match stop.recv_timeout(pause) {
-                Err(RecvTimeoutError::Timeout) => {}
-                _ => return,
+            crossbeam_channel::select! {
+                recv(stop) -> _ => return,
+                recv(self.nudge.1) -> _ => {}
+                default(pause) => {}
             }
             let started = Instant::now();
             let looked = warden.look(self);
@@ -343,10 +354,26 @@ impl Connections {
     pub(crate) fn count_accept_restart(&self) {
         self.accept_restarts.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Has the warden look now (accepting failed: connections must be shed).
+    pub(crate) fn nudge(&self) {
+        let _ = self.nudge.0.try_send(());
+    }
+
+    /// The warden's looks so far, and whether the last found more connections than `max`.
+    pub(crate) fn crowding(&self) -> (u64, bool) {
+        (
+            self.looks.load(Ordering::Acquire),
+            self.crowded.load(Ordering::Acquire),
+        )
+    }
 }
 
 /// What the warden knows of the sockets it has seen.
 struct Warden {
+    /// Opened at start, so that a look needs no new descriptor (see `sockets`).
+    dir: FdDir,
+    slot: Slot,
     port: u16,
     listener_ino: u64,
     /// Our connections open for more than a look, by socket inode: the peer's address and
@@ -357,20 +384,10 @@ struct Warden {
     /// Sockets seen once and not yet inspected (when first seen, and a descriptor): most
     /// connections end within one look, and are never inspected at all.
     fresh: HashMap<u64, (Instant, i32)>,
-    /// Descriptors held in reserve: when the process has none left (a flood of connections),
-    /// these are let go so the warden can still look (one to list, one to inspect).
-    spare: Vec<std::fs::File>,
     /// The last look failed (said once, not every 100 ms).
     failing: bool,
     /// The last look left more connections open than the limit (counting fresh ones).
     over_limit: bool,
-}
-
-/// Opens the reserve descriptors the warden lets go of when the process runs out.
-fn spares() -> Vec<std::fs::File> {
-    (0..2)
-        .filter_map(|_| std::fs::File::open("/dev/null").ok())
-        .collect()
 }
 
 struct Seen {
@@ -412,16 +429,18 @@ impl ListenerId {
 
 impl Warden {
     fn new(listener: ListenerId) -> Option<Warden> {
-        if !std::path::Path::new("/proc/self/fd").is_dir() {
-            return None;
-        }
+        let (dir, slot) = match (FdDir::open(), Slot::open()) {
+            (Ok(dir), Ok(slot)) => (dir, slot),
+            _ => return None,
+        };
         Some(Warden {
+            dir,
+            slot,
             port: listener.port,
             listener_ino: listener.ino,
             ours: HashMap::new(),
             others: HashSet::new(),
             fresh: HashMap::new(),
-            spare: spares(),
             failing: false,
             over_limit: false,
         })
@@ -433,26 +452,8 @@ impl Warden {
         let mut live: HashMap<u64, i32> = HashMap::new();
         let mut others_live = HashSet::new();
         let mut fresh = HashMap::new();
-        let listing = match std::fs::read_dir("/proc/self/fd") {
-            Err(e) if e.raw_os_error() == Some(libc::EMFILE) && !self.spare.is_empty() => {
-                self.spare.clear();
-                std::fs::read_dir("/proc/self/fd")?
-            }
-            other => other?,
-        };
-        for entry in listing {
-            let Ok(entry) = entry else { continue };
-            let Some(fd) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let Some(ino) = std::fs::read_link(entry.path())
-                .ok()
-                .and_then(|target| socket_inode(&target.to_string_lossy()))
-            else {
+        for fd in self.dir.list() {
+            let Some(ino) = sockets::socket_inode(fd) else {
                 continue;
             };
             if ino == self.listener_ino {
@@ -464,7 +465,7 @@ impl Warden {
                 others_live.insert(ino);
             } else if let Some((first, _)) = self.fresh.get(&ino) {
                 // Open since the last look: worth a look at what it is.
-                match inspect(fd, ino, self.port) {
+                match inspect(&mut self.slot, fd, ino, self.port) {
                     Ok(Some(peer)) => {
                         let seen = Seen {
                             peer,
@@ -532,7 +533,12 @@ impl Warden {
             };
             // Bytes arriving on a connection with no request: a head being sent. It must be
             // whole within the request timeout and no larger than MAX_HEAD.
-            let received = received_bytes(seen.fd, *ino);
+            let received = self
+                .slot
+                .with(seen.fd, *ino, sockets::received_bytes)
+                .ok()
+                .flatten()
+                .flatten();
             if !activity.contains_key(&seen.peer)
                 && received.is_some_and(|b| b > 0)
                 && now.saturating_duration_since(seen.first) >= STUCK
@@ -610,7 +616,7 @@ impl Warden {
             let Some(seen) = self.ours.get_mut(&ino).filter(|s| !s.closing) else {
                 continue;
             };
-            if shut_down(seen.fd, ino) {
+            if self.slot.with(seen.fd, ino, sockets::shut_down).ok() == Some(Some(true)) {
                 log::debug!("closed connection from {}: {why}", seen.peer);
                 counter.fetch_add(1, Ordering::Relaxed);
                 open -= 1;
@@ -620,97 +626,21 @@ impl Warden {
         drop(activity);
         conns.open.store(open, Ordering::Relaxed);
         self.over_limit = open + self.fresh.len() > conns.limits.max;
-        if self.spare.is_empty() {
-            self.spare = spares();
-        }
+        conns.crowded.store(self.over_limit, Ordering::Release);
+        conns.looks.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 }
 
-/// The inode of a `/proc/self/fd` link target `socket:[N]`.
-fn socket_inode(target: &str) -> Option<u64> {
-    target
-        .strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
-}
-
-/// A private copy of descriptor `fd`, if it still is socket `ino`. Working on a copy means a
-/// descriptor closed and reused meanwhile is never touched: the copy is checked first.
-fn own_copy(fd: i32, ino: u64) -> io::Result<Option<std::fs::File>> {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    // SAFETY: fcntl only reads the number `fd`; if its owner closed it meanwhile the call
-    // fails (EBADF) or copies whatever now has that number, which the checks below reject.
-    let copied = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-    if copied < 0 {
-        let e = io::Error::last_os_error();
-        // Gone: not an error. Anything else (no descriptor left): try again next look.
-        return match e.raw_os_error() {
-            Some(libc::EBADF) => Ok(None),
-            _ => Err(e),
-        };
-    }
-    // SAFETY: `copied` is a new descriptor that nothing else owns.
-    let copy = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(copied) });
-    let meta = copy.metadata()?;
-    Ok((meta.file_type().is_socket() && meta.ino() == ino).then_some(copy))
-}
-
 /// The peer's address, if `fd` is a connection accepted on `port`; an error when that
 /// cannot be told now.
-fn inspect(fd: i32, ino: u64, port: u16) -> io::Result<Option<SocketAddr>> {
-    let Some(copy) = own_copy(fd, ino)? else {
-        return Ok(None);
-    };
-    let socket = socket2::SockRef::from(&copy);
-    let Some(local) = socket.local_addr()?.as_socket() else {
-        return Ok(None);
-    };
-    if local.port() != port {
-        return Ok(None);
-    }
-    // A listening socket has no peer.
-    Ok(socket.peer_addr().ok().and_then(|peer| peer.as_socket()))
-}
-
-/// The bytes connection `ino` has received so far (Linux's `TCP_INFO`), if it can be told.
-#[cfg(target_os = "linux")]
-fn received_bytes(fd: i32, ino: u64) -> Option<u64> {
-    use std::os::fd::AsRawFd;
-    let copy = own_copy(fd, ino).ok()??;
-    // SAFETY: tcp_info is plain data; zeroed is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `info`, which we own.
-    let done = unsafe {
-        libc::getsockopt(
-            copy.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    // Kernels before 4.1 do not fill in the count: then heads are bounded by time alone.
-    let filled = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_received) + 8;
-    (done == 0 && len as usize >= filled).then_some(info.tcpi_bytes_received)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn received_bytes(_fd: i32, _ino: u64) -> Option<u64> {
-    None
-}
-
-/// Shuts connection `ino` down: tiny_http's reader sees the end and closes it. True if done.
-fn shut_down(fd: i32, ino: u64) -> bool {
-    let Ok(Some(copy)) = own_copy(fd, ino) else {
-        return false;
-    };
-    socket2::SockRef::from(&copy)
-        .shutdown(std::net::Shutdown::Both)
-        .is_ok()
+fn inspect(slot: &mut Slot, fd: i32, ino: u64, port: u16) -> io::Result<Option<SocketAddr>> {
+    let addresses = slot.with(fd, ino, sockets::addresses)?.transpose()?;
+    Ok(match addresses {
+        // A listening socket has no peer.
+        Some((Some(local), peer)) if local.port() == port => peer,
+        _ => None,
+    })
 }
 
 /// Raises the soft limit on open files to the hard limit and checks that `max` connections
@@ -842,14 +772,6 @@ mod tests {
         assert_eq!(lock(&c.activity)[&peer].requests, 1);
         drop(two);
         assert_eq!(lock(&c.activity)[&peer].requests, 0);
-    }
-
-    #[test]
-    fn socket_links_are_read() {
-        assert_eq!(socket_inode("socket:[12345]"), Some(12345));
-        assert_eq!(socket_inode("pipe:[12345]"), None);
-        assert_eq!(socket_inode("/dev/null"), None);
-        assert_eq!(socket_inode("socket:[x]"), None);
     }
 
     #[test]

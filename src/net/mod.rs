@@ -19,6 +19,7 @@
 pub mod connections;
 pub mod exchange;
 pub mod pool;
+mod sockets;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
@@ -76,9 +77,11 @@ pub struct HttpServer {
 }
 
 /// How often the accepting side is checked for a silent end (tiny_http's thread panicked).
-const ACCEPT_CHECK: Duration = Duration::from_millis(500);
+const ACCEPT_CHECK: Duration = Duration::from_millis(100);
+/// How often, after accepting failed, the server checks whether it may accept again.
+const RESTART_POLL: Duration = Duration::from_millis(20);
 /// The longest wait before accepting again after accepting failed.
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 impl HttpServer {
     /// Binds `addr`, after making sure `limits.max` connections fit in the open-file limit.
@@ -195,10 +198,8 @@ impl Keeper {
     /// accepting, until `stop`.
     fn run(&self, first: Accepting, dispatch: &Dispatch) {
         let mut current = first;
-        let mut backoff = Duration::from_millis(25);
         loop {
             let (ended, accept_ended) = crossbeam_channel::bounded::<()>(1);
-            let started = Instant::now();
             let dispatcher = self.spawn_dispatcher(&current.server, dispatch.clone(), ended);
             if let Err(e) = dispatcher {
                 log::error!("could not start a dispatcher: {e}");
@@ -223,15 +224,21 @@ impl Keeper {
                 return;
             }
             self.conns.count_accept_restart();
-            if started.elapsed() > Duration::from_secs(10) {
-                backoff = Duration::from_millis(25);
-            }
-            // Out of descriptors, most likely: give the warden time to shed connections.
+            // Out of descriptors, most likely: accept again once the warden has shed what is
+            // over the limit (or after a pause, where no warden runs), not before, or the
+            // new accept thread would fail at once.
+            let (looks, _) = self.conns.crowding();
+            let failed_at = Instant::now();
             loop {
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                self.conns.nudge();
+                std::thread::sleep(RESTART_POLL);
                 if self.stopping.load(Ordering::SeqCst) {
                     return;
+                }
+                let (now, crowded) = self.conns.crowding();
+                let shed = now > looks && !crowded;
+                if !shed && failed_at.elapsed() < ACCEPT_PAUSE_MAX {
+                    continue;
                 }
                 match self.start_server() {
                     Ok(next) => {
@@ -317,13 +324,18 @@ fn still_open(fd: i32, listener: &TcpListener) -> bool {
 /// something else at once).
 pub fn signals(mut signals: signal_hook::iterator::Signals) -> Receiver<i32> {
     let (tx, rx) = crossbeam_channel::bounded(1);
-    std::thread::spawn(move || {
-        for signal in signals.forever() {
-            if tx.send(signal).is_err() {
-                return;
+    let watching = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if tx.send(signal).is_err() {
+                    return;
+                }
             }
-        }
-    });
+        });
+    if let Err(e) = watching {
+        log::error!("cannot watch for signals: {e}");
+    }
     rx
 }
 
