@@ -89,7 +89,7 @@ struct Args {
     #[argh(option, default = "30.0")]
     idle_timeout: f64,
     /// seconds within which a request's head and body must arrive, and each part of an
-    /// answer be read (past the first, at 16 KiB/s on average); else the connection closes
+    /// answer be read (and 16 KiB/s over each such span); else the connection closes
     #[argh(option, default = "10.0")]
     request_timeout: f64,
 }

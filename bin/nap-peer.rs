@@ -56,9 +56,9 @@ struct Serve {
     /// seconds a connection to the file server may stay open without a request
     #[argh(option, default = "30.0")]
     idle_timeout: f64,
-    /// seconds within which a request must arrive and each part of a file be read (past
-    /// the first, at 16 KiB/s on average), else the connection closes and its upload slot
-    /// frees; also the longest a download waits for a free slot
+    /// seconds within which a request must arrive and each part of a file be read (and
+    /// 16 KiB/s over each such span), else the connection closes and its upload slot frees;
+    /// also the longest a download waits for a free slot
     #[argh(option, default = "10.0")]
     request_timeout: f64,
     /// run without the shell, until killed

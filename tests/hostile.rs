@@ -36,11 +36,9 @@ use common::*;
 /// `--request-timeout` of every server started here.
 const REQUEST_TIMEOUT_SECS: &str = "2";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-/// The least rate (bytes/s) the servers are taken to hold a client to: a transfer of n bytes
-/// may take `REQUEST_TIMEOUT + n / MIN_RATE` before it is cut. An assumption of these tests
-/// (the contract names a minimum rate, not its value): a server that settles on a lower rate
-/// and cuts by a deadline from the size alone needs this lowered.
-const MIN_RATE: u64 = 256 * 1024;
+/// The least rate (bytes/s) the servers hold a client to: a transfer of n bytes may take
+/// `REQUEST_TIMEOUT + n / MIN_RATE` before it is cut.
+const MIN_RATE: u64 = nap::net::MIN_RATE;
 /// Slack on top of what the contract gives a hostile connection before it must be cut
 /// (thread scheduling on a loaded two-core machine, the servers' own timer granularity).
 const CUT_MARGIN: Duration = Duration::from_secs(3);
@@ -623,15 +621,18 @@ fn heads_trickled_a_byte_a_second_are_cut_and_leave_the_pair_responsive() {
 // ---------------------------------------------------------------------------------------
 // Readers that never read, on a peer's file server.
 
-/// A file bigger than what the kernel buffers for one connection (the sender's largest
-/// send buffer, `tcp_wmem`'s maximum, plus the small receive buffer asked for below), so a
-/// reader that never reads holds its upload until the server cuts it.
+/// A file bigger than what the kernel can buffer for one connection (the largest send and
+/// receive buffers, `tcp_wmem`'s and `tcp_rmem`'s maxima, with room to spare; 64 MiB at
+/// least), so a reader that never reads holds its upload until the server cuts it.
 fn unbufferable_size() -> u64 {
-    let wmem_max = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(2)?.parse::<u64>().ok())
-        .unwrap_or(4 << 20);
-    wmem_max.max(4 << 20) + (2 << 20)
+    let max_of = |file: &str| {
+        std::fs::read_to_string(file)
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(2)?.parse::<u64>().ok())
+            .unwrap_or(4 << 20)
+    };
+    let buffers = max_of("/proc/sys/net/ipv4/tcp_wmem") + max_of("/proc/sys/net/ipv4/tcp_rmem");
+    (2 * buffers).max(64 << 20)
 }
 
 /// A download that reads nothing: it sends the request and leaves the answer in the kernel.
@@ -699,7 +700,8 @@ impl SlowReader {
     }
 
     /// Reads all that comes now, quickly: whether the body arrived short of its length (the
-    /// server cut the download) and how much of it came.
+    /// server cut the download) and how much of it came. An answer other than the file (503:
+    /// every slot stayed busy) counts as cut: the reader was let go without the file.
     fn drain(&mut self) -> (bool, u64, u64) {
         let mut buf = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -712,6 +714,9 @@ impl SlowReader {
             }
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        if !head.starts_with("http/1.1 200") && !head.starts_with("http/1.0 200") {
+            return (true, 0, 0);
+        }
         let length: u64 = head
             .lines()
             .find_map(|l| l.strip_prefix("content-length:"))
@@ -760,27 +765,38 @@ fn readers_that_never_read_are_cut_and_free_the_upload_slots() {
         (slow.iter().filter(|s| s.peek() == Some(true)).count() >= 2).then_some(())
     });
 
-    // Another download, by a client that reads.
-    let bound = cut_bound(size);
+    // Another download, by a client that reads, and retries when told every slot is busy
+    // (as a client of a busy peer does, or tries another holder). A reader that never reads
+    // stops moving once the kernel's buffers are full (well within a second on loopback), and
+    // must be cut within the request timeout of that.
+    let bound = REQUEST_TIMEOUT + Duration::from_secs(1) + CUT_MARGIN;
     let (tx, downloaded) = mpsc::channel();
     let addr = peer.addr.clone();
     let patience = 2 * bound + Duration::from_secs(10);
     std::thread::spawn(move || {
         let asked = Instant::now();
         let agent = nap_harness::agent_with(Duration::from_secs(5), patience);
-        let result = agent
-            .get(&format!("http://{addr}/files/big.bin"))
-            .call()
-            .map_err(|e| e.to_string())
-            .and_then(|r| {
-                let status = r.status().as_u16();
-                let mut body = Vec::new();
-                r.into_body()
-                    .into_reader()
-                    .read_to_end(&mut body)
-                    .map_err(|e| e.to_string())?;
-                Ok((status, body))
-            });
+        let result = loop {
+            let result = agent
+                .get(&format!("http://{addr}/files/big.bin"))
+                .call()
+                .map_err(|e| e.to_string())
+                .and_then(|r| {
+                    let status = r.status().as_u16();
+                    let mut body = Vec::new();
+                    r.into_body()
+                        .into_reader()
+                        .read_to_end(&mut body)
+                        .map_err(|e| e.to_string())?;
+                    Ok((status, body))
+                });
+            match result {
+                Ok((503, _)) if asked.elapsed() < patience => {
+                    std::thread::sleep(Duration::from_secs(1))
+                }
+                other => break other,
+            }
+        };
         let _ = tx.send((result, asked.elapsed()));
     });
 

@@ -101,7 +101,7 @@ pub struct IndexConfig {
     /// A connection without a request for this long is closed.
     pub idle_timeout: Duration,
     /// A request's head, its body and each part of its answer must move within this time
-    /// (and on average at `net::MIN_RATE` after it), or the connection is closed.
+    /// (and move `net::MIN_RATE` over every span of it), or the connection is closed.
     pub request_timeout: Duration,
 }
 

@@ -60,12 +60,12 @@ pub struct Limits {
     pub max: usize,
     pub idle_timeout: Duration,
     /// A request's head, its body, and each part of its answer must move within this time,
-    /// and on average at `MIN_RATE` past it.
+    /// and move `MIN_RATE` over every span of it (see `exchange::Pace`).
     pub request_timeout: Duration,
 }
 
-/// The slowest a body or an answer may move on average, past the first `request_timeout`:
-/// 16 KiB/s, a slow mobile link. Below it, a client holds a thread and a connection for
+/// The slowest a body or an answer may move over a span of `request_timeout`: 16 KiB/s, a
+/// slow mobile link. Below it, a client holds a thread and a connection for
 /// nothing.
 pub const MIN_RATE: u64 = 16 * 1024;
 

@@ -19,37 +19,63 @@ use std::time::{Duration, Instant};
 
 use super::connections::{Busy, Direction, MIN_RATE};
 
-/// What a body or an answer may take: `timeout` between any two moves of bytes, and on
-/// average `MIN_RATE` after the first `timeout` (as Apache's mod_reqtimeout counts).
+/// What a body or an answer may take: no gap of `timeout` without a byte moving, and in
+/// every `timeout` from the start (a window) at least `timeout` x `MIN_RATE` bytes. Counted
+/// per window, not on average since the start: the first window's bytes may only have gone
+/// into the kernel's buffers (several MB on loopback) without the client reading any, and on
+/// an average they would buy a trickling reader minutes.
 #[derive(Clone, Copy, Debug)]
 pub struct Pace {
-    started: Instant,
-    moved_at: Instant,
-    moved: u64,
     timeout: Duration,
+    /// The current window: when it started and what moved in it.
+    window: Instant,
+    in_window: u64,
+    moved_at: Instant,
+    /// A window ended short: too slow, for good.
+    slow: bool,
 }
 
 impl Pace {
     pub fn start(timeout: Duration, now: Instant) -> Pace {
         Pace {
-            started: now,
-            moved_at: now,
-            moved: 0,
             timeout,
+            window: now,
+            in_window: 0,
+            moved_at: now,
+            slow: false,
         }
     }
 
+    /// Bytes each window must move.
+    fn needed(&self) -> u64 {
+        (self.timeout.as_secs_f64() * MIN_RATE as f64) as u64
+    }
+
     pub fn moved(&mut self, bytes: usize, now: Instant) {
+        while !self.slow && now >= self.window + self.timeout {
+            self.slow = self.in_window < self.needed();
+            self.window += self.timeout;
+            self.in_window = 0;
+        }
         if bytes > 0 {
-            self.moved += bytes as u64;
+            self.in_window += bytes as u64;
             self.moved_at = now;
         }
     }
 
     /// When the transfer is too slow unless more bytes move.
     pub fn deadline(&self) -> Instant {
-        let earned = Duration::from_secs_f64(self.moved as f64 / MIN_RATE as f64);
-        (self.moved_at + self.timeout).min(self.started + self.timeout + earned)
+        if self.slow {
+            return self.window;
+        }
+        let window_end = self.window + self.timeout;
+        let rate = if self.in_window >= self.needed() {
+            // This window has done its part; the next must too.
+            window_end + self.timeout
+        } else {
+            window_end
+        };
+        rate.min(self.moved_at + self.timeout)
     }
 }
 
@@ -473,20 +499,39 @@ mod tests {
     }
 
     #[test]
-    fn the_pace_allows_a_timeout_between_moves_and_a_minimum_rate() {
+    fn the_pace_allows_a_timeout_between_moves_and_a_minimum_rate_per_window() {
         let t0 = Instant::now();
+        let secs = |s: u64| t0 + Duration::from_secs(s);
         let timeout = Duration::from_secs(10);
         let mut pace = Pace::start(timeout, t0);
-        assert_eq!(pace.deadline(), t0 + timeout, "nothing moved yet");
+        assert_eq!(pace.deadline(), secs(10), "nothing moved yet");
         // Fast: the gap rule decides.
-        pace.moved(1 << 30, t0 + Duration::from_secs(1));
-        assert_eq!(pace.deadline(), t0 + Duration::from_secs(11));
-        // A trickle: one byte a second never earns more time than the rate allows.
+        pace.moved(1 << 30, secs(1));
+        assert_eq!(pace.deadline(), secs(11));
+        // A steady 20 KiB/s goes on for ever.
+        let mut steady = Pace::start(timeout, t0);
+        for s in 1..=100 {
+            steady.moved(20 * 1024, secs(s));
+            assert!(steady.deadline() > secs(s), "cut at {s} s");
+        }
+        // A trickle: a byte a second never earns the window.
         let mut trickle = Pace::start(timeout, t0);
         for s in 1..=9 {
-            trickle.moved(1, t0 + Duration::from_secs(s));
+            trickle.moved(1, secs(s));
         }
-        assert!(trickle.deadline() < t0 + timeout + Duration::from_millis(1));
+        assert_eq!(trickle.deadline(), secs(10));
+        // A burst into the kernel's buffers, then a trickle: cut at the end of the next
+        // window, not minutes later.
+        let mut burst = Pace::start(timeout, t0);
+        burst.moved(4 << 20, secs(0));
+        for s in 1..=25 {
+            burst.moved(1, secs(s));
+            if secs(s) >= burst.deadline() {
+                assert_eq!(s, 20);
+                return;
+            }
+        }
+        panic!("the trickle after a burst was never cut");
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub struct PeerConfig {
     /// A connection to the file server without a request for this long is closed.
     pub idle_timeout: Duration,
     /// A request's head and each part of an answer (a file) must move within this time, and
-    /// on average at `net::MIN_RATE` after it, or the connection is closed and its upload
+    /// move `net::MIN_RATE` over every span of it, or the connection is closed and its upload
     /// slot freed. Also the longest a download waits for a free slot.
     pub request_timeout: Duration,
 }
