@@ -1144,3 +1144,66 @@ fn connection_close_is_echoed_then_the_connection_closed() {
     let peer = start_peer(dir.path(), &index.url, true, &peer_timeout_flags());
     assert_close_echoed("GET /status from a peer", &peer.addr, "/status");
 }
+
+// ---------------------------------------------------------------------------------------
+// Many keep-alive clients connecting at once (DESIGN.md, defect 1: tiny_http's pool can
+// queue a new connection for a thread that is busy with a kept-alive one).
+
+/// Sends `path` on `stream` (kept alive) and reads the answer, within `within`.
+fn ask_on(stream: &mut TcpStream, path: &str, within: Duration) -> Result<Reply, String> {
+    stream
+        .write_all(request("GET", path, None, false).as_bytes())
+        .map_err(|e| format!("cannot send: {e}"))?;
+    read_reply(stream, &mut Vec::new(), Instant::now() + within, false)
+}
+
+#[test]
+fn keep_alive_clients_connecting_at_once_are_each_answered_promptly() {
+    let index = start_index(&index_timeout_flags());
+    let addr = host(&index.url).to_string();
+    let clients = 64;
+    let barrier = std::sync::Barrier::new(clients);
+    let late: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..clients)
+            .map(|n| {
+                let (addr, barrier) = (&addr, &barrier);
+                s.spawn(move || -> Option<String> {
+                    barrier.wait();
+                    let started = Instant::now();
+                    let mut stream = match TcpStream::connect(addr) {
+                        Ok(s) => s,
+                        Err(e) => return Some(format!("client {n}: cannot connect: {e}")),
+                    };
+                    if let Err(e) = ask_on(&mut stream, "/health", PROMPT) {
+                        return Some(format!(
+                            "client {n}: first answer: {e} after {:?}",
+                            started.elapsed()
+                        ));
+                    }
+                    // Its connection kept open and idle while the others are served; then a
+                    // second request on it, or, if the server closed it meanwhile (it may
+                    // close an idle connection to serve waiting ones), on a new one.
+                    std::thread::sleep(Duration::from_millis(500));
+                    let again = ask_on(&mut stream, "/health", PROMPT).or_else(|_| {
+                        let mut fresh =
+                            TcpStream::connect(addr).map_err(|e| format!("reconnect: {e}"))?;
+                        ask_on(&mut fresh, "/health", PROMPT)
+                    });
+                    again
+                        .err()
+                        .map(|e| format!("client {n}: second answer: {e}"))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert!(
+        late.is_empty(),
+        "{} of {clients}:\n{}",
+        late.len(),
+        late.join("\n")
+    );
+}

@@ -331,9 +331,9 @@ impl Connections {
             }
             let started = Instant::now();
             let looked = warden.look(self);
-            // Over the limit, the next look comes soon whatever it costs: the excess is
-            // holding descriptors.
-            pause = if warden.over_limit {
+            // Over the limit, or with connections waiting for a thread, the next look comes
+            // soon whatever it costs: the excess holds descriptors; the waiting, a client.
+            pause = if warden.over_limit || warden.waiting {
                 SCAN_EVERY
             } else {
                 SCAN_EVERY.max(started.elapsed() * PAUSE_PER_LOOK)
@@ -388,6 +388,10 @@ struct Warden {
     failing: bool,
     /// The last look left more connections open than the limit (counting fresh ones).
     over_limit: bool,
+    /// The last look found connections waiting in tiny_http's queue.
+    waiting: bool,
+    /// When the last look began.
+    last_look: Instant,
 }
 
 struct Seen {
@@ -443,12 +447,15 @@ impl Warden {
             fresh: HashMap::new(),
             failing: false,
             over_limit: false,
+            waiting: false,
+            last_look: Instant::now(),
         })
     }
 
     /// One look: counts the open connections, shuts down those idle too long (or too many)
     /// and those whose request is overdue.
     fn look(&mut self, conns: &Connections) -> io::Result<()> {
+        let began = Instant::now();
         let mut live: HashMap<u64, i32> = HashMap::new();
         let mut others_live = HashSet::new();
         let mut fresh = HashMap::new();
@@ -504,7 +511,12 @@ impl Warden {
         // meanwhile waits, so a connection found idle is still idle when it is shut down.
         let mut activity = lock(&conns.activity);
         let peers: HashSet<SocketAddr> = self.ours.values().map(|s| s.peer).collect();
-        activity.retain(|peer, a| a.requests > 0 || peers.contains(peer));
+        // An address not among ours may be a connection not yet inspected (opened since the
+        // last look): its entry stays until the look after.
+        let since_last_look = self.last_look;
+        activity
+            .retain(|peer, a| a.requests > 0 || peers.contains(peer) || a.last >= since_last_look);
+        self.last_look = began;
         let mut idle: Vec<(Instant, u64)> = Vec::new();
         // Cut: (connection, why, counter).
         let mut cuts: Vec<(u64, &str, &AtomicU64)> = Vec::new();
@@ -626,6 +638,7 @@ impl Warden {
         drop(activity);
         conns.open.store(open, Ordering::Relaxed);
         self.over_limit = open + self.fresh.len() > conns.limits.max;
+        self.waiting = stuck > 0;
         conns.crowded.store(self.over_limit, Ordering::Release);
         conns.looks.fetch_add(1, Ordering::AcqRel);
         Ok(())
