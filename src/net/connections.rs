@@ -557,8 +557,18 @@ impl Warden {
             {
                 stuck += 1;
             }
-            match (&mut seen.quiet, received) {
-                (Some(q), Some(bytes)) if q.since == since => {
+            if let Some(bytes) = received {
+                if seen.quiet.as_ref().is_none_or(|q| q.since != since) {
+                    // A new quiet spell. On a connection that never had a request, every byte
+                    // it has received is head (so one sending a huge head is cut at once).
+                    let first = !activity.contains_key(&seen.peer);
+                    seen.quiet = Some(Quiet {
+                        since,
+                        bytes: if first { 0 } else { bytes },
+                        head_from: (first && bytes > 0).then_some(seen.first),
+                    });
+                }
+                if let Some(q) = seen.quiet.as_mut() {
                     let sent = bytes.saturating_sub(q.bytes);
                     if sent > 0 {
                         let from = *q.head_from.get_or_insert(now);
@@ -572,14 +582,6 @@ impl Warden {
                         }
                     }
                 }
-                (quiet, Some(bytes)) => {
-                    *quiet = Some(Quiet {
-                        since,
-                        bytes,
-                        head_from: None,
-                    })
-                }
-                (_, None) => {}
             }
             idle.push((since, *ino));
         }
