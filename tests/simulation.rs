@@ -1034,7 +1034,7 @@ impl Sim {
             }
             for ((name, version), sha) in &self.acked_contents {
                 let held = state.file(name).and_then(|e| e.versions.get(version));
-                if held.map(|v| &v.sha256) != Some(sha) {
+                if !held.is_some_and(|v| v.sha256.is(sha)) {
                     return Err(format!("acknowledged {name} v{version} is gone or changed"));
                 }
             }

@@ -95,7 +95,8 @@ struct Inner {
     queue: Vec<AppliedOp>,
     /// The segment records are appended to.
     segment: String,
-    /// Records written since the last snapshot.
+    /// Weight of the records written since the last snapshot (one per op, plus one per file
+    /// it lists: what replaying them would cost).
     since_snapshot: u64,
     /// Highest seq on disk (fsynced, or written when fsync is off).
     durable: u64,
@@ -294,7 +295,7 @@ impl Journal {
             inner: Mutex::new(Inner {
                 queue: Vec::new(),
                 segment,
-                since_snapshot: ops.len() as u64,
+                since_snapshot: ops.iter().map(|o| o.op.weight() as u64).sum(),
                 durable: last,
                 writing: false,
                 failed: None,
@@ -421,7 +422,7 @@ impl Journal {
         match written {
             Ok(()) => {
                 inner.durable = inner.durable.max(last);
-                inner.since_snapshot += batch.len() as u64;
+                inner.since_snapshot += batch.iter().map(|o| o.op.weight() as u64).sum::<u64>();
             }
             Err(e) => {
                 log::error!(
@@ -448,7 +449,8 @@ impl Journal {
             .wait_timeout_while(inner, timeout, |i| i.durable <= seq && i.failed.is_none());
     }
 
-    /// Records written since the last snapshot: the keeper snapshots past a threshold.
+    /// Weight of the records written since the last snapshot (an op weighs one, plus one
+    /// per file it lists): the keeper snapshots past a threshold.
     pub fn since_snapshot(&self) -> u64 {
         self.lock().since_snapshot
     }
@@ -480,6 +482,8 @@ impl Journal {
             }
         }
         let mut inner = self.lock();
+        // What was written while the snapshot was taken, at one per op (their weight is
+        // gone with them; the next snapshot comes a little later, never sooner).
         inner.since_snapshot = inner.durable.saturating_sub(seq);
         Ok(())
     }

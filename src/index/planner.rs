@@ -54,7 +54,7 @@ pub fn refresh_tasks(state: &IndexState, peer_id: &str) -> Vec<Task> {
             task_id: format!("refresh:{name}:v{latest}"),
             file: name.clone(),
             version: latest,
-            sha256: info.sha256.clone(),
+            sha256: info.sha256.to_string(),
             size: info.size,
             sources,
         });
@@ -385,7 +385,7 @@ pub fn plan(
                     task_id: format!("copy:{name}:v{version}:{id}"),
                     file: name.to_string(),
                     version,
-                    sha256: info.sha256.clone(),
+                    sha256: info.sha256.to_string(),
                     size: info.size,
                     sources: sources.clone(),
                 },
@@ -426,6 +426,7 @@ mod tests {
             token_hash: hash_token(id),
             addr: format!("127.0.0.1:{port}"),
             files,
+            limits: Limits::NONE,
         })
     }
 
@@ -458,6 +459,7 @@ mod tests {
                 token_hash: hash_token("a"),
                 file: meta("doc", 2, "v2"),
                 lease_id: Some("L".into()),
+                limits: Limits::NONE,
             }),
             2,
         )
@@ -501,6 +503,7 @@ mod tests {
                 token_hash: hash_token(peer),
                 file,
                 lease_id: None,
+                limits: Limits::NONE,
             }),
             now,
         )
@@ -718,6 +721,7 @@ mod tests {
                     token_hash: hash_token("b"),
                     added: files(&["f2"]),
                     removed: vec!["f1".into()],
+                    limits: Limits::NONE,
                 });
                 s.apply(op, 0).unwrap();
             }),
@@ -728,6 +732,7 @@ mod tests {
                     token_hash: hash_token("a"),
                     file: meta("f0", 2, "f0 v2"),
                     lease_id: Some("L1".into()),
+                    limits: Limits::NONE,
                 });
                 s.apply(op, 0).unwrap();
             }),

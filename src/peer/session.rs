@@ -732,6 +732,7 @@ mod tests {
             reason: "version 1 already exists with other content".into(),
             status: 409,
             code: ErrorCode::Conflict,
+            retry_after_ms: None,
         });
         s.register_answered(&first);
         s.heartbeat_answered(&HeartbeatResponse {
@@ -748,6 +749,7 @@ mod tests {
                 reason: "no lease".into(),
                 status: 409,
                 code: ErrorCode::LeaseRequired,
+                retry_after_ms: None,
             }],
         });
         assert_eq!(
