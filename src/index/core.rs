@@ -550,12 +550,13 @@ impl Index {
 
     /// What `/metrics` reports besides request latencies.
     pub fn metrics_snapshot(&self) -> metrics::Snapshot {
-        let (seq, peers, files, leases) = {
+        let (seq, peers, files, histories, leases) = {
             let state = self.read();
             (
                 state.seq(),
                 state.peer_count(),
                 state.held_file_count(),
+                state.file_count(),
                 state.leases().len(),
             )
         };
@@ -570,6 +571,7 @@ impl Index {
             seq,
             peers,
             files,
+            histories,
             leases,
             under_replicated: self.under_replicated(0).0,
             tasks: self.copy_counts(),

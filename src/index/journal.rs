@@ -26,7 +26,15 @@ use super::state::{AppliedOp, Snapshot};
 use crate::threads::lock;
 
 /// The first line of `FORMAT`; another line means another format, which is refused.
-pub const FORMAT: &str = "nap-index data format 1";
+///
+/// Format 2 logs ops that format 1 did not have (forgetting histories) and fields that change
+/// what an op does (the limits a register was applied under). An index of format 1 would
+/// skip those fields without a word and rebuild another state, so it must refuse the
+/// directory instead: the marker says 2 as soon as this version opens it.
+pub const FORMAT: &str = "nap-index data format 2";
+/// Formats this version reads: theirs are a subset of its own (new fields default to what
+/// format 1 meant), so a directory of them is taken over and marked as `FORMAT`.
+const READABLE_FORMATS: [&str; 1] = ["nap-index data format 1"];
 const FORMAT_FILE: &str = "FORMAT";
 const SNAPSHOT_FILE: &str = "snapshot.json";
 const HEADER: usize = 12;
@@ -208,17 +216,23 @@ fn read_format(disk: &dyn Disk) -> io::Result<Option<String>> {
     };
     let text = String::from_utf8_lossy(&bytes);
     let mut lines = text.lines();
-    if lines.next() != Some(FORMAT) {
+    let first = lines.next();
+    if first != Some(FORMAT) && !first.is_some_and(|f| READABLE_FORMATS.contains(&f)) {
         return Err(invalid(format!(
             "{}: not a nap-index data directory of this version (expected {FORMAT:?})",
             disk.describe()
         )));
     }
-    lines
+    let epoch = lines
         .next()
         .and_then(|l| l.strip_prefix("epoch "))
-        .map(|epoch| Some(epoch.to_string()))
-        .ok_or_else(|| invalid(format!("{}/{FORMAT_FILE}: no epoch", disk.describe())))
+        .map(str::to_string)
+        .ok_or_else(|| invalid(format!("{}/{FORMAT_FILE}: no epoch", disk.describe())))?;
+    if first != Some(FORMAT) {
+        // Taken over: from now on it may hold what an older version cannot read.
+        write_format(disk, &epoch)?;
+    }
+    Ok(Some(epoch))
 }
 
 fn write_format(disk: &dyn Disk, epoch: &str) -> io::Result<()> {
@@ -627,6 +641,21 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         std::fs::write(other.path().join("notes.txt"), "mine").unwrap();
         assert!(Journal::open_dir(other.path(), Fsync::Always, "e").is_err());
+    }
+
+    #[test]
+    fn a_directory_of_format_1_is_read_and_marked_as_this_format() {
+        let disk = Arc::new(MemDisk::new());
+        disk.replace(FORMAT_FILE, b"nap-index data format 1\nepoch old\n")
+            .unwrap();
+        let (log, recovered) = Journal::open(disk.clone(), Fsync::Always, "new").unwrap();
+        assert_eq!(recovered.epoch, "old", "the same history goes on");
+        drop(log);
+        let marker = disk.read(FORMAT_FILE).unwrap().unwrap();
+        assert_eq!(
+            String::from_utf8(marker).unwrap(),
+            format!("{FORMAT}\nepoch old\n")
+        );
     }
 
     #[test]
