@@ -212,6 +212,12 @@ impl IndexConfig {
             ("max-files-per-peer", self.max_files_per_peer > 0),
             ("new-names-per-minute", self.new_names_per_minute > 0),
             ("new-names-burst", self.new_names_burst > 0),
+            // `None` keeps histories for ever (the flag's 0); a zero retention would forget
+            // every history the moment its last holder left.
+            (
+                "history-retention",
+                self.history_retention.is_none_or(|d| !d.is_zero()),
+            ),
             ("max-search-results", self.max_search_results > 0),
             ("max-tasks-per-answer", self.max_tasks_per_answer > 0),
             ("lease-ttl", !self.lease_ttl.is_zero()),

@@ -130,6 +130,12 @@ fn encode(op: &AppliedOp, buf: &mut Vec<u8>) -> io::Result<()> {
     Ok(())
 }
 
+/// What replaying `ops` costs, about (see `Op::weight`).
+fn weight_of(ops: &[AppliedOp]) -> u64 {
+    ops.iter()
+        .fold(0u64, |sum, o| sum.saturating_add(o.op.weight() as u64))
+}
+
 fn segment_name(first_seq: u64) -> String {
     format!("log-{first_seq:020}.nap")
 }
@@ -309,7 +315,7 @@ impl Journal {
             inner: Mutex::new(Inner {
                 queue: Vec::new(),
                 segment,
-                since_snapshot: ops.iter().map(|o| o.op.weight() as u64).sum(),
+                since_snapshot: weight_of(&ops),
                 durable: last,
                 writing: false,
                 failed: None,
@@ -436,7 +442,7 @@ impl Journal {
         match written {
             Ok(()) => {
                 inner.durable = inner.durable.max(last);
-                inner.since_snapshot += batch.iter().map(|o| o.op.weight() as u64).sum::<u64>();
+                inner.since_snapshot = inner.since_snapshot.saturating_add(weight_of(&batch));
             }
             Err(e) => {
                 log::error!(

@@ -3,11 +3,18 @@
 //! The limits are decided inside the state machine, not at the edge: whether a file breaks
 //! them depends on the state (how many names the peer holds, whether the index knows the
 //! name, how much of its allowance the peer has used), and only `apply` sees the state as the
-//! op finds it, under the write lock. To keep `apply` a function of the op and the state
-//! alone, the limits it enforces travel in the op ([`Limits`], set by the primary from its
-//! flags) and time is the op's `at`: a shadow, or a replay after a restart with other flags,
-//! takes exactly the decisions the primary took. A peer's allowance ([`Allowance`]) is part of
-//! the sequenced state (snapshot and digest) for the same reason.
+//! op finds it, under the write lock. An edge that checked under the read lock and then
+//! submitted would race with the peer's own other requests (two heartbeats at once could
+//! both fit under a cap only one of them fits under), and would have to trim the file list
+//! before the op is built, so what the log says the peer sent would not be what it sent.
+//!
+//! To keep `apply` a function of the op and the state alone, the limits it enforces travel
+//! in the op ([`Limits`], set by the primary from its flags when it builds the op) and time
+//! is the op's `at`: a shadow, or a replay after a restart with other flags, takes exactly the
+//! decisions the primary took, and a change of flags applies from the next op on. A peer's
+//! allowance ([`Allowance`]) is part of the sequenced state (snapshot and digest) for the same
+//! reason. Ops logged before limits existed read as `Limits::NONE`, which is how they were
+//! applied.
 //!
 //! The allowance is a token bucket over names *new to the index*: they are what leaves a
 //! history behind, which outlives its holders for `--history-retention`. Names the index

@@ -133,7 +133,9 @@ impl Op {
             Op::Heartbeat(h) => h.added.len() + h.removed.len(),
             Op::Prune(p) => p.peers.len(),
             Op::ExpireLeases(e) => e.lease_ids.len(),
-            Op::ForgetHistories(f) => f.max_names,
+            // Counted up to a bound: the primary's ops forget at most `FORGET_PER_OP`, and
+            // a number read from a damaged log must not overflow a sum.
+            Op::ForgetHistories(f) => f.max_names.min(1 << 16),
             _ => 0,
         }
     }
