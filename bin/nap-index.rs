@@ -32,6 +32,20 @@ struct Args {
     /// most files one register or heartbeat may list
     #[argh(option, default = "100_000")]
     max_files_per_request: usize,
+    /// most names one peer may hold (more are refused, file by file, as too_many_files)
+    #[argh(option, default = "nap::index::config::DEFAULT_MAX_FILES_PER_PEER")]
+    max_files_per_peer: usize,
+    /// names new to the index one peer may add per minute once its burst is spent (more
+    /// are refused, file by file, as rate_limited, with when to try again)
+    #[argh(option, default = "nap::index::config::DEFAULT_NEW_NAMES_PER_MINUTE")]
+    new_names_per_minute: usize,
+    /// names new to the index one peer may add at once (default: --max-files-per-peer)
+    #[argh(option)]
+    new_names_burst: Option<usize>,
+    /// seconds the history of a name no peer holds is kept before it is forgotten (default
+    /// 604800, a week; 0 keeps histories for ever)
+    #[argh(option)]
+    history_retention: Option<f64>,
     /// most results one search may ask for
     #[argh(option, default = "1000")]
     max_search_results: usize,
@@ -118,6 +132,13 @@ fn main() {
         max_body: args.max_body,
         max_name_bytes: args.max_name_bytes,
         max_files_per_request: args.max_files_per_request,
+        max_files_per_peer: args.max_files_per_peer,
+        new_names_per_minute: args.new_names_per_minute,
+        new_names_burst: args.new_names_burst.unwrap_or(args.max_files_per_peer),
+        history_retention: match args.history_retention {
+            None => Some(nap::index::config::DEFAULT_HISTORY_RETENTION),
+            Some(secs) => Some(seconds("history-retention", secs)).filter(|d| !d.is_zero()),
+        },
         max_search_results: args.max_search_results,
         max_tasks_per_answer: args.max_tasks_per_answer,
         lease_ttl: seconds("lease-ttl", args.lease_ttl),

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod hashing;
 pub mod ids;
 pub mod index;
+pub mod memory;
 pub mod net;
 pub mod peer;
 pub mod protocol;

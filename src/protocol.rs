@@ -85,12 +85,17 @@ pub struct RegisterRequest {
 pub struct Rejected {
     pub name: String,
     pub reason: String,
-    /// The status this file alone would have got: 409, a conflict with the index's history.
+    /// The status this file alone would have got: 409 (a conflict with the index's history,
+    /// or the peer's cap of names), or 429 (new names too fast).
     #[serde(default = "conflict_status")]
     pub status: u16,
-    /// What kind of refusal, for programs: `conflict`, `version_gap` or `lease_required`.
+    /// What kind of refusal, for programs: `conflict`, `version_gap`, `lease_required`,
+    /// `too_many_files` or `rate_limited`.
     #[serde(default)]
     pub code: ErrorCode,
+    /// With `rate_limited`: report the file again after this many milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 fn conflict_status() -> u16 {
@@ -307,6 +312,13 @@ pub struct StatusResponse {
     pub role: String,
     pub peers: usize,
     pub files: usize,
+    /// Names with a version history, held or not; those nobody holds are forgotten after
+    /// `history_retention_ms`.
+    #[serde(default)]
+    pub histories: usize,
+    /// 0: histories are kept for ever.
+    #[serde(default)]
+    pub history_retention_ms: u64,
     /// Sequence number of the last op applied to the index state.
     pub seq: u64,
     pub uptime_ms: u64,
@@ -408,6 +420,12 @@ pub enum ErrorCode {
     /// The request's body did not arrive within `--request-timeout` at the minimum rate
     /// (408); the connection is closed.
     TimedOut,
+    /// The peer holds as many names as the index takes from one peer
+    /// (`--max-files-per-peer`); it must stop sharing some before it adds others (409).
+    TooManyFiles,
+    /// The peer brings names new to the index faster than it takes them; `retry_after_ms`
+    /// says when to report the file again (429).
+    RateLimited,
     /// The body is larger than the server takes (413).
     TooLarge,
     /// A list is longer than the server takes in one request (413).
@@ -438,8 +456,9 @@ impl ErrorCode {
             MethodNotAllowed => 405,
             TimedOut => 408,
             Conflict | VersionGap | LeaseRequired | LeaseHeld | LeaseUnknown | LeaseExpired
-            | LeaseOtherFile => 409,
+            | LeaseOtherFile | TooManyFiles => 409,
             TooLarge | TooMany => 413,
+            RateLimited => 429,
             RangeNotSatisfiable => 416,
             Unavailable | Overloaded => 503,
             Internal | Unknown => 500,
@@ -466,6 +485,10 @@ pub struct ErrorBody {
     /// On a write sent to a read-only shadow: where the primary is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary: Option<String>,
+    /// On `rate_limited`: try again after this many milliseconds (`Retry-After` rounds it
+    /// up to whole seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ErrorBody {
@@ -477,6 +500,7 @@ impl ErrorBody {
             holder: None,
             remaining_ms: None,
             primary: None,
+            retry_after_ms: None,
         }
     }
 }

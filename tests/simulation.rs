@@ -4,7 +4,8 @@
 //! backlog and shadow code, each on an in-memory disk, all on one manual clock, in one
 //! process, no sockets or threads) are driven through random peers' requests (registering,
 //! heartbeating, leasing, publishing, copying what the planner asks, leaving, guessing
-//! tokens), time passing (prunes, lease expiry), journal upkeep (flushes, snapshots), pushes
+//! tokens), time passing (prunes, lease expiry, histories nobody holds forgotten after their
+//! retention), journal upkeep (flushes, snapshots), pushes
 //! to the shadow that are lost, repeated, reordered and delayed, snapshot catch-up, and
 //! crashes of either node: a process crash, or a power failure in the middle of a write,
 //! after which only what was synced is left (the torn write included). After every step the
@@ -13,9 +14,12 @@
 //!   state is exactly the one the primary had at that sequence number;
 //! - the shadow's state equals the primary's at the same sequence number (and the shadow is
 //!   never ahead of the primary's history), also across the shadow's restarts;
-//! - one content per (file, version) ever acknowledged; a file's versions never skip one;
-//! - holdings, the held-file count and the lease table agree with each other (one lease per
-//!   file, of a known peer, on a known file).
+//! - one content per (file, version) ever acknowledged, until its history is forgotten; a
+//!   file's versions never skip one;
+//! - holdings, the held-file count, the orphaned histories and the lease table agree with each
+//!   other (one lease per file, of a known peer, on a known file);
+//! - no peer holds more names than `--max-files-per-peer` (half the seeds run with limits so
+//!   tight that refusals are common: a cap of 2-4 names, bursts of 1-3 new names).
 //!
 //! `cargo test --release --test simulation` runs `NAP_SIM_SEEDS` seeds (default 40), starting
 //! at `NAP_SIM_BASE` (default 0: the same seeds every run; give another base to explore).
@@ -35,7 +39,9 @@ use nap::index::journal::Fsync;
 use nap::index::shadowing::{SyncRequest, SyncResponse};
 use nap::index::state::{IndexState, Snapshot};
 use nap::index::{Index, IndexConfig, RoleConfig};
-use nap::protocol::{LeaseResponse, RegisterResponse, Task};
+use nap::protocol::{
+    ErrorCode, HeartbeatResponse, LeaseResponse, RegisterResponse, Rejected, Task,
+};
 
 const SECRET: &str = "simulated";
 /// Steps per seed.
@@ -162,6 +168,7 @@ impl Sim {
         } else {
             Fsync::Batch
         };
+        let tight = rng.chance(50);
         let base = IndexConfig {
             peer_timeout: Duration::from_secs(3),
             heartbeat_interval: Duration::from_secs(1),
@@ -171,6 +178,18 @@ impl Sim {
             sync_log: 8 + rng.below(64) as usize,
             snapshot_every: 5 + rng.below(40),
             fsync,
+            history_retention: Some(Duration::from_millis(1_000 + rng.below(8_000))),
+            max_files_per_peer: if tight {
+                2 + rng.below(3) as usize
+            } else {
+                100
+            },
+            new_names_burst: if tight {
+                1 + rng.below(3) as usize
+            } else {
+                100
+            },
+            new_names_per_minute: 30 + rng.below(120) as usize,
             ..IndexConfig::default()
         };
         let node = |role, seed| Node {
@@ -230,6 +249,17 @@ impl Sim {
 
     fn count(&mut self, what: &'static str) {
         *self.stats.entry(what).or_default() += 1;
+    }
+
+    /// Files an answer refused for a per-peer limit, counted by kind.
+    fn count_refusals(&mut self, rejected: &[Rejected]) {
+        for r in rejected {
+            match r.code {
+                ErrorCode::TooManyFiles => self.count("files over the cap"),
+                ErrorCode::RateLimited => self.count("new names too fast"),
+                _ => {}
+            }
+        }
     }
 
     fn run(&mut self) -> Check {
@@ -398,6 +428,7 @@ impl Sim {
         }
         let answer: RegisterResponse =
             serde_json::from_str(&text).map_err(|e| format!("register answer: {e}"))?;
+        self.count_refusals(&answer.rejected);
         self.peers.push(Peer {
             id: answer.peer_id,
             token: answer.token,
@@ -414,10 +445,13 @@ impl Sim {
         let peer = &self.peers[i];
         let body = serde_json::json!({"addr": peer.addr, "files": Self::entries(&files),
             "peer_id": peer.id, "token": peer.token});
-        let Some((status, _, seq)) = self.send("/register", &body) else {
+        let Some((status, text, seq)) = self.send("/register", &body) else {
             return Ok(());
         };
         self.say(format!("register {}: {status}", self.peers[i].id));
+        if let Ok(answer) = serde_json::from_str::<RegisterResponse>(&text) {
+            self.count_refusals(&answer.rejected);
+        }
         self.peers[i].files = files;
         self.applied(seq, None)
     }
@@ -447,9 +481,12 @@ impl Sim {
         let peer = &self.peers[i];
         let body = serde_json::json!({"peer_id": peer.id, "token": peer.token,
             "added": Self::entries(&added), "removed": removed, "failed": failed});
-        let Some((status, _, seq)) = self.send("/heartbeat", &body) else {
+        let Some((status, text, seq)) = self.send("/heartbeat", &body) else {
             return Ok(());
         };
+        if let Ok(answer) = serde_json::from_str::<HeartbeatResponse>(&text) {
+            self.count_refusals(&answer.rejected);
+        }
         self.say(format!(
             "heartbeat {} +{} -{}: {status}",
             self.peers[i].id,
@@ -718,10 +755,32 @@ impl Sim {
             .up()
             .map_or_else(Vec::new, Index::expire_leases);
         self.note_primary()?;
+        // One op at a time, as many as are due, each state noted (the shadow may stop at any
+        // of them).
+        let mut forgotten = Vec::new();
+        while let Some(primary) = self.primary.up() {
+            let before: BTreeSet<String> = primary.read().file_names().map(String::from).collect();
+            let seq = primary.read().seq();
+            primary.forget_histories(1);
+            if primary.read().seq() == seq {
+                break;
+            }
+            let after: BTreeSet<String> = primary.read().file_names().map(String::from).collect();
+            forgotten.extend(before.difference(&after).cloned());
+            self.note_primary()?;
+        }
+        // A forgotten name is new again: what was acknowledged of its old history may go,
+        // and its versions start over.
+        for name in &forgotten {
+            self.acked_contents.retain(|(n, _), _| n != name);
+            self.latest.remove(name);
+            self.count("histories forgotten");
+        }
         self.say(format!(
-            "sweep: {} pruned, {} leases expired",
+            "sweep: {} pruned, {} leases expired, {} histories forgotten",
             pruned.len(),
-            expired.len()
+            expired.len(),
+            forgotten.len()
         ));
         if !pruned.is_empty() {
             self.peers.retain(|p| !pruned.contains(&p.id));
@@ -1019,7 +1078,8 @@ impl Sim {
     fn check(&mut self) -> Check {
         if let Some(primary) = self.primary.up() {
             let state = primary.read();
-            check_state(&state).map_err(|e| format!("primary: {e}"))?;
+            check_state(&state, self.primary.config.max_files_per_peer)
+                .map_err(|e| format!("primary: {e}"))?;
             let seq = state.seq();
             if self.history.get(&seq) != Some(&state.digest()) {
                 return Err(format!(
@@ -1034,7 +1094,7 @@ impl Sim {
             }
             for ((name, version), sha) in &self.acked_contents {
                 let held = state.file(name).and_then(|e| e.versions.get(version));
-                if held.map(|v| &v.sha256) != Some(sha) {
+                if !held.is_some_and(|v| v.sha256.is(sha)) {
                     return Err(format!("acknowledged {name} v{version} is gone or changed"));
                 }
             }
@@ -1060,7 +1120,8 @@ impl Sim {
         }
         if let Some(shadow) = self.shadow.up() {
             let state = shadow.read();
-            check_state(&state).map_err(|e| format!("shadow: {e}"))?;
+            check_state(&state, self.primary.config.max_files_per_peer)
+                .map_err(|e| format!("shadow: {e}"))?;
             let primary_epoch = self.primary.up().map(|p| p.read().epoch().to_string());
             let same = primary_epoch.as_deref().is_none_or(|e| e == state.epoch());
             if !state.epoch().is_empty() && same {
@@ -1083,13 +1144,25 @@ impl Sim {
     }
 }
 
-/// Everything derived in a state agrees with what it is derived from.
-fn check_state(state: &IndexState) -> Check {
+/// Everything derived in a state agrees with what it is derived from, and no peer holds more
+/// than `max_files` names.
+fn check_state(state: &IndexState, max_files: usize) -> Check {
     let mut held = 0;
+    let mut orphans = 0;
     for name in state.file_names() {
         let entry = state.file(name).ok_or("a listed file is missing")?;
         if !entry.holders.is_empty() {
             held += 1;
+        } else {
+            orphans += 1;
+        }
+        if entry.holders.is_empty() != entry.orphaned_ms.is_some() {
+            return Err(format!("{name}: holders and orphan time disagree"));
+        }
+        if let (Some(since), Some(oldest)) = (entry.orphaned_ms, state.oldest_orphan_ms()) {
+            if since < oldest {
+                return Err(format!("{name} is an orphan older than the oldest listed"));
+            }
         }
         if entry.versions.is_empty() {
             return Err(format!("{name} has no version"));
@@ -1112,8 +1185,20 @@ fn check_state(state: &IndexState) -> Check {
             state.held_file_count()
         ));
     }
+    if orphans != state.orphan_count() {
+        return Err(format!(
+            "{orphans} histories are unheld, {} listed as orphans",
+            state.orphan_count()
+        ));
+    }
     for peer_id in state.peer_ids() {
         let peer = state.peer(peer_id).ok_or("a listed peer is missing")?;
+        if peer.files.len() > max_files {
+            return Err(format!(
+                "{peer_id} holds {} names, over the cap of {max_files}",
+                peer.files.len()
+            ));
+        }
         for name in &peer.files {
             let holds = state
                 .file(name)
@@ -1198,6 +1283,9 @@ fn seeded_runs_keep_every_invariant() {
             "snapshots",
             "copies",
             "prunes",
+            "histories forgotten",
+            "files over the cap",
+            "new names too fast",
         ] {
             assert!(
                 totals.get(what).copied().unwrap_or(0) > 0,

@@ -24,13 +24,7 @@ struct Kept {
 }
 
 fn weight(op: &Op) -> usize {
-    1 + match op {
-        Op::Register(r) => r.files.len(),
-        Op::Heartbeat(h) => h.added.len() + h.removed.len(),
-        Op::Prune(p) => p.peers.len(),
-        Op::ExpireLeases(e) => e.lease_ids.len(),
-        _ => 0,
-    }
+    op.weight()
 }
 
 impl Backlog {

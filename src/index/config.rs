@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::journal::Fsync;
+use super::state::{Limits, Rate};
 use crate::protocol::base_url;
 
 /// What this index server is configured to be in a replicated pair.
@@ -71,6 +72,14 @@ pub struct IndexConfig {
     pub max_name_bytes: usize,
     /// Most files one register or heartbeat may list.
     pub max_files_per_request: usize,
+    /// Most names one peer may hold.
+    pub max_files_per_peer: usize,
+    /// Names new to the index one peer may add per minute, once its burst is used.
+    pub new_names_per_minute: usize,
+    /// Names new to the index one peer may add at once.
+    pub new_names_burst: usize,
+    /// How long the history of a name nobody holds is kept; `None`: for ever.
+    pub history_retention: Option<Duration>,
     /// Most results one search may ask for.
     pub max_search_results: usize,
     /// Most tasks one answer carries (the rest follow in later ones).
@@ -108,6 +117,23 @@ pub struct IndexConfig {
 /// Connections taken unless told otherwise (fewer if the open-file limit cannot hold them).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 8192;
 
+/// Names one peer may hold unless told otherwise: as many as one request may list, so a
+/// peer can always register whatever list the index takes in one go. (The benchmarks' peers
+/// hold 20 to 1,000.)
+pub const DEFAULT_MAX_FILES_PER_PEER: usize = 100_000;
+
+/// New names a minute per peer, after its burst (which is `--max-files-per-peer` unless told
+/// otherwise: a peer can register a whole permitted list of names the index has never seen,
+/// say after it lost them). 100 a minute is far more than people create by hand, and refills
+/// a whole burst within a day; what it bounds is a peer that churns names (each leaves a
+/// history behind for `--history-retention`): at most its burst plus 100 a minute of them.
+pub const DEFAULT_NEW_NAMES_PER_MINUTE: usize = 100;
+
+/// How long the history of a name nobody holds is kept unless told otherwise: a week, longer
+/// than peers usually stay away, so a peer that comes back with an old copy within it finds
+/// the newer version still known (and is told to fetch it).
+pub const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 impl Default for IndexConfig {
     fn default() -> Self {
         IndexConfig {
@@ -118,6 +144,10 @@ impl Default for IndexConfig {
             max_body: 4 << 20,
             max_name_bytes: crate::protocol::MAX_NAME_LEN,
             max_files_per_request: 100_000,
+            max_files_per_peer: DEFAULT_MAX_FILES_PER_PEER,
+            new_names_per_minute: DEFAULT_NEW_NAMES_PER_MINUTE,
+            new_names_burst: DEFAULT_MAX_FILES_PER_PEER,
+            history_retention: Some(DEFAULT_HISTORY_RETENTION),
             max_search_results: crate::protocol::MAX_SEARCH_LIMIT,
             max_tasks_per_answer: 64,
             lease_ttl: Duration::from_secs(60),
@@ -184,6 +214,15 @@ impl IndexConfig {
             ("plan-interval", !self.plan_interval.is_zero()),
             ("task-timeout", !self.task_timeout.is_zero()),
             ("max-files-per-request", self.max_files_per_request > 0),
+            ("max-files-per-peer", self.max_files_per_peer > 0),
+            ("new-names-per-minute", self.new_names_per_minute > 0),
+            ("new-names-burst", self.new_names_burst > 0),
+            // `None` keeps histories for ever (the flag's 0); a zero retention would forget
+            // every history the moment its last holder left.
+            (
+                "history-retention",
+                self.history_retention.is_none_or(|d| !d.is_zero()),
+            ),
             ("max-search-results", self.max_search_results > 0),
             ("max-tasks-per-answer", self.max_tasks_per_answer > 0),
             ("lease-ttl", !self.lease_ttl.is_zero()),
@@ -201,9 +240,21 @@ impl IndexConfig {
         Ok(())
     }
 
+    /// The per-peer limits ops are applied under (carried in each op: see `state::limits`).
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_files: Some(self.max_files_per_peer as u64),
+            new_names: Some(Rate {
+                per_minute: self.new_names_per_minute as u64,
+                burst: self.new_names_burst as u64,
+            }),
+        }
+    }
+
     /// What is allowed but probably not meant, for the binary to warn about.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
+
         if self.peer_timeout <= self.heartbeat_interval {
             warnings.push(
                 "--peer-timeout is not longer than --heartbeat-interval: live peers will be pruned"

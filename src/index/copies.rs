@@ -114,6 +114,7 @@ impl Index {
             replication_factor: config.replication_factor,
             max_tasks_per_peer: config.max_tasks_per_peer.max(1),
             task_timeout_ms: config.task_timeout.as_millis() as u64,
+            max_files_per_peer: config.max_files_per_peer,
         };
         let now = self.now();
         // Taking the changed names needs the write lock, but only for a swap.

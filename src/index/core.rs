@@ -20,7 +20,8 @@ use super::journal::{Fsync, Journal};
 use super::metrics::{self, Metrics};
 use super::role::Role;
 use super::state::{
-    AppliedOp, Command, ExpireLeases, IndexState, Millis, Op, Prune, Snapshot, StateError,
+    AppliedOp, Command, ExpireLeases, ForgetHistories, IndexState, Millis, Op, Prune, Snapshot,
+    StateError,
 };
 use crate::clock::SharedClock;
 use crate::ids::SharedIds;
@@ -74,9 +75,12 @@ impl Effects {
             Op::Register(_) | Op::Heartbeat(_) | Op::Unregister(_) | Op::Prune(_) => {
                 (None, Vec::new(), true)
             }
-            Op::AcquireLease(_) | Op::RenewLease(_) | Op::ReleaseLease(_) | Op::ExpireLeases(_) => {
-                (None, Vec::new(), false)
-            }
+            // Forgotten histories had no holder: nothing for the planner.
+            Op::AcquireLease(_)
+            | Op::RenewLease(_)
+            | Op::ReleaseLease(_)
+            | Op::ExpireLeases(_)
+            | Op::ForgetHistories(_) => (None, Vec::new(), false),
         };
         Effects {
             record,
@@ -138,6 +142,12 @@ pub struct Applied<T> {
     /// Peers whose waiting heartbeats to answer once it is durable.
     pub wake: Vec<String>,
 }
+
+/// Names one `ForgetHistories` op forgets at most: each costs about 3 µs (its map entries
+/// and its tokens), so one op holds the write lock about 3 ms. (The op that finds a map three
+/// quarters empty also shrinks it: tens of ms on a 400,000-name state, once per halving; the
+/// unregister that orphaned those names held the lock 450 ms.)
+pub const FORGET_PER_OP: usize = 1024;
 
 pub struct Index {
     state: RwLock<IndexState>,
@@ -215,6 +225,9 @@ impl Index {
                     }
                 }
                 if state.seq() > 0 {
+                    // The recovered ops (all read at once) and whatever the replay built and
+                    // dropped again are freed: give the memory back before serving.
+                    crate::memory::give_back_freed();
                     state.touch_all(clock.now_ms());
                     ::log::info!(
                         "loaded the index from {place}: seq {} ({replayed} ops replayed), {} peers, {} files",
@@ -425,6 +438,43 @@ impl Index {
         }
     }
 
+    /// Forgets the histories of names no peer has held for `--history-retention`, one
+    /// bounded op at a time (the write lock is let go between them, so readers and writers
+    /// get in), at most `max_ops` ops; returns how many names went.
+    pub fn forget_histories(&self, max_ops: usize) -> usize {
+        let Some(retention) = self.config.history_retention else {
+            return 0;
+        };
+        let now = self.now();
+        // Nothing is due before the index clock has run for a whole retention period.
+        let Some(before_ms) = now.checked_sub(retention.as_millis() as u64) else {
+            return 0;
+        };
+        let due = |state: &IndexState| state.oldest_orphan_ms().is_some_and(|t| t <= before_ms);
+        let mut forgotten = 0;
+        for _ in 0..max_ops {
+            if !due(&self.read()) {
+                break;
+            }
+            let mut state = self.write();
+            let op = ForgetHistories {
+                before_ms,
+                max_names: FORGET_PER_OP,
+            };
+            match step(&mut state, op, now) {
+                Ok((outcome, effects)) => {
+                    let outcome = self.act(state, outcome, effects).outcome;
+                    forgotten += outcome.names;
+                    if !outcome.more {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        forgotten
+    }
+
     /// The state as a snapshot; copied under the read lock, serialized by the caller.
     pub fn snapshot(&self) -> Snapshot {
         self.read().snapshot()
@@ -445,9 +495,13 @@ impl Index {
     }
 
     /// Writes out what no request waits for and, once the journal since the last snapshot
-    /// holds `--snapshot-every` ops and at least as many as the state has files (a large
-    /// state, whose encoding holds the read lock longest, is snapshotted less often),
-    /// snapshots the state and lets the journal before it go. Returns the snapshot's seq.
+    /// weighs `--snapshot-every` and at least as much as the state has files (an op weighs
+    /// one, plus one per file it lists or may forget: what replaying it costs; a large state,
+    /// whose encoding holds the read lock longest, is snapshotted less often), snapshots the
+    /// state and lets the journal before it go. So a journal never costs a restart much more
+    /// than the state it rebuilds: after a peer came and went with 400,000 names, and their
+    /// histories were forgotten, a restart reads a small snapshot instead of replaying them.
+    /// Returns the snapshot's seq.
     pub fn maintain_journal(&self) -> io::Result<Option<u64>> {
         let Some(journal) = &self.journal else {
             return Ok(None);
@@ -501,12 +555,13 @@ impl Index {
 
     /// What `/metrics` reports besides request latencies.
     pub fn metrics_snapshot(&self) -> metrics::Snapshot {
-        let (seq, peers, files, leases) = {
+        let (seq, peers, files, histories, leases) = {
             let state = self.read();
             (
                 state.seq(),
                 state.peer_count(),
                 state.held_file_count(),
+                state.file_count(),
                 state.leases().len(),
             )
         };
@@ -521,6 +576,7 @@ impl Index {
             seq,
             peers,
             files,
+            histories,
             leases,
             under_replicated: self.under_replicated(0).0,
             tasks: self.copy_counts(),
@@ -564,6 +620,7 @@ mod tests {
             token_hash: hash_token(id),
             addr: "127.0.0.1:9".into(),
             files,
+            limits: Limits::NONE,
         }
     }
 
@@ -602,6 +659,7 @@ mod tests {
                 token_hash: hash_token("a"),
                 file: meta("doc", 2, "v2"),
                 lease_id: Some("00aa".into()),
+                limits: Limits::NONE,
             }
             .into(),
             Heartbeat {
@@ -609,6 +667,7 @@ mod tests {
                 token_hash: hash_token("b"),
                 added: vec![meta("new", 1, "n")],
                 removed: vec!["doc".into()],
+                limits: Limits::NONE,
             }
             .into(),
             // Refused on the primary: never shipped, and the shadow still matches.
@@ -665,6 +724,83 @@ mod tests {
         assert!(!late.install_snapshot(primary.snapshot()), "not twice");
     }
 
+    #[test]
+    fn the_sweep_forgets_histories_after_the_retention_in_bounded_ops_and_shadows_follow() {
+        let clock = ManualClock::shared(1_000);
+        let tmp = tempfile::tempdir().unwrap();
+        let config = IndexConfig {
+            history_retention: Some(Duration::from_secs(10)),
+            role: RoleConfig::Primary {
+                shadows: vec!["http://shadow".into()],
+            },
+            data_dir: Some(tmp.path().to_path_buf()),
+            snapshot_every: 10,
+            ..IndexConfig::default()
+        };
+        let primary = index(config.clone(), &clock);
+        let shadow = index(shadow_config(), &clock);
+        let n = FORGET_PER_OP * 2 + 1;
+        let files = (0..n).map(|i| meta(&format!("f{i}"), 1, "x")).collect();
+        primary.submit_durable(register("a", files)).unwrap();
+        // A register that big weighs more than the state has files: a snapshot is due.
+        assert!(primary.maintain_journal().unwrap().is_some());
+        primary
+            .submit_durable(Unregister {
+                peer_id: "a".into(),
+                token_hash: hash_token("a"),
+            })
+            .unwrap();
+        clock.advance(Duration::from_millis(9_999));
+        assert_eq!(primary.forget_histories(64), 0, "a millisecond early");
+        clock.advance(Duration::from_millis(1));
+        let seq = primary.read().seq();
+        assert_eq!(
+            primary.forget_histories(2),
+            2 * FORGET_PER_OP,
+            "two ops at most"
+        );
+        assert_eq!(primary.read().seq(), seq + 2);
+        assert_eq!(primary.forget_histories(64), 1);
+        assert_eq!(primary.forget_histories(64), 0, "nothing due: no op at all");
+        assert_eq!(primary.read().seq(), seq + 3);
+        assert_eq!(primary.read().file_count(), 0);
+        // Sweeps are shipped once the journal keeper has written them.
+        primary.journal().unwrap().sync_all().unwrap();
+        assert!(!push(&primary, &shadow).need_snapshot);
+        assert_eq!(shadow.read().seq(), primary.read().seq());
+        assert_eq!(shadow.read().digest(), primary.read().digest());
+        // The forgetting weighs enough for a snapshot too: a restart reads a small state.
+        assert!(primary.maintain_journal().unwrap().is_some());
+        let digest = primary.read().digest();
+        drop(primary);
+        let again = index(config, &clock);
+        assert_eq!(again.read().digest(), digest);
+        assert_eq!(again.read().file_count(), 0);
+    }
+
+    #[test]
+    fn no_history_is_forgotten_with_retention_off_or_before_the_clock_passed_it() {
+        let clock = ManualClock::shared(5_000);
+        let keep = IndexConfig {
+            history_retention: None,
+            ..IndexConfig::default()
+        };
+        let primary = index(keep, &clock);
+        primary
+            .submit(register("a", vec![meta("f", 1, "x")]))
+            .unwrap();
+        primary.submit(register("a", Vec::new())).unwrap();
+        clock.advance(Duration::from_secs(365 * 24 * 3600));
+        assert_eq!(primary.forget_histories(64), 0);
+        assert_eq!(primary.read().file_count(), 1);
+        // A clock younger than the retention (a test clock, or one reset) forgets nothing.
+        let young = ManualClock::shared(5_000);
+        let week = index(IndexConfig::default(), &young);
+        week.submit(register("a", vec![meta("f", 1, "x")])).unwrap();
+        week.submit(register("a", Vec::new())).unwrap();
+        assert_eq!(week.forget_histories(64), 0);
+    }
+
     /// Submits an op of any kind, as the HTTP edge would submit its command.
     fn submit_any(index: &Index, op: Op) -> Result<u64, SubmitError> {
         Ok(match op {
@@ -677,6 +813,7 @@ mod tests {
             Op::RenewLease(c) => index.submit(c)?.seq,
             Op::ReleaseLease(c) => index.submit(c)?.seq,
             Op::ExpireLeases(c) => index.submit(c)?.seq,
+            Op::ForgetHistories(c) => index.submit(c)?.seq,
         })
     }
 
@@ -708,6 +845,7 @@ mod tests {
                     token_hash: hash_token("a"),
                     file: meta("doc", 2, "v2"),
                     lease_id: Some("00cc".into()),
+                    limits: Limits::NONE,
                 })
                 .unwrap();
             let digest = index.read().digest();
@@ -753,6 +891,7 @@ mod tests {
                     token_hash: hash_token("new"),
                     file: meta(&file, 2, &format!("{n} v2")),
                     lease_id: Some(lease_id),
+                    limits: Limits::NONE,
                 })
                 .unwrap();
             assert_eq!(applied.wake, vec!["old".to_string()], "the stale holder");
@@ -775,6 +914,7 @@ mod tests {
             token_hash: hash_token("b"),
             file: meta("f", 1, "1"),
             lease_id: None,
+            limits: Limits::NONE,
         };
         let digest = state.digest();
         assert!(step(&mut state, copy.clone(), 8).is_err(), "b is unknown");

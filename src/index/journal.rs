@@ -26,7 +26,15 @@ use super::state::{AppliedOp, Snapshot};
 use crate::threads::lock;
 
 /// The first line of `FORMAT`; another line means another format, which is refused.
-pub const FORMAT: &str = "nap-index data format 1";
+///
+/// Format 2 logs ops that format 1 did not have (forgetting histories) and fields that change
+/// what an op does (the limits a register was applied under). An index of format 1 would
+/// skip those fields without a word and rebuild another state, so it must refuse the
+/// directory instead: the marker says 2 as soon as this version opens it.
+pub const FORMAT: &str = "nap-index data format 2";
+/// Formats this version reads: theirs are a subset of its own (new fields default to what
+/// format 1 meant), so a directory of them is taken over and marked as `FORMAT`.
+const READABLE_FORMATS: [&str; 1] = ["nap-index data format 1"];
 const FORMAT_FILE: &str = "FORMAT";
 const SNAPSHOT_FILE: &str = "snapshot.json";
 const HEADER: usize = 12;
@@ -95,7 +103,8 @@ struct Inner {
     queue: Vec<AppliedOp>,
     /// The segment records are appended to.
     segment: String,
-    /// Records written since the last snapshot.
+    /// Weight of the records written since the last snapshot (one per op, plus one per file
+    /// it lists: what replaying them would cost).
     since_snapshot: u64,
     /// Highest seq on disk (fsynced, or written when fsync is off).
     durable: u64,
@@ -119,6 +128,12 @@ fn encode(op: &AppliedOp, buf: &mut Vec<u8>) -> io::Result<()> {
     buf.extend_from_slice(&checksum(&payload));
     buf.extend_from_slice(&payload);
     Ok(())
+}
+
+/// What replaying `ops` costs, about (see `Op::weight`).
+fn weight_of(ops: &[AppliedOp]) -> u64 {
+    ops.iter()
+        .fold(0u64, |sum, o| sum.saturating_add(o.op.weight() as u64))
 }
 
 fn segment_name(first_seq: u64) -> String {
@@ -207,17 +222,23 @@ fn read_format(disk: &dyn Disk) -> io::Result<Option<String>> {
     };
     let text = String::from_utf8_lossy(&bytes);
     let mut lines = text.lines();
-    if lines.next() != Some(FORMAT) {
+    let first = lines.next();
+    if first != Some(FORMAT) && !first.is_some_and(|f| READABLE_FORMATS.contains(&f)) {
         return Err(invalid(format!(
             "{}: not a nap-index data directory of this version (expected {FORMAT:?})",
             disk.describe()
         )));
     }
-    lines
+    let epoch = lines
         .next()
         .and_then(|l| l.strip_prefix("epoch "))
-        .map(|epoch| Some(epoch.to_string()))
-        .ok_or_else(|| invalid(format!("{}/{FORMAT_FILE}: no epoch", disk.describe())))
+        .map(str::to_string)
+        .ok_or_else(|| invalid(format!("{}/{FORMAT_FILE}: no epoch", disk.describe())))?;
+    if first != Some(FORMAT) {
+        // Taken over: from now on it may hold what an older version cannot read.
+        write_format(disk, &epoch)?;
+    }
+    Ok(Some(epoch))
 }
 
 fn write_format(disk: &dyn Disk, epoch: &str) -> io::Result<()> {
@@ -294,7 +315,7 @@ impl Journal {
             inner: Mutex::new(Inner {
                 queue: Vec::new(),
                 segment,
-                since_snapshot: ops.len() as u64,
+                since_snapshot: weight_of(&ops),
                 durable: last,
                 writing: false,
                 failed: None,
@@ -421,7 +442,7 @@ impl Journal {
         match written {
             Ok(()) => {
                 inner.durable = inner.durable.max(last);
-                inner.since_snapshot += batch.len() as u64;
+                inner.since_snapshot = inner.since_snapshot.saturating_add(weight_of(&batch));
             }
             Err(e) => {
                 log::error!(
@@ -448,7 +469,8 @@ impl Journal {
             .wait_timeout_while(inner, timeout, |i| i.durable <= seq && i.failed.is_none());
     }
 
-    /// Records written since the last snapshot: the keeper snapshots past a threshold.
+    /// Weight of the records written since the last snapshot (an op weighs one, plus one
+    /// per file it lists): the keeper snapshots past a threshold.
     pub fn since_snapshot(&self) -> u64 {
         self.lock().since_snapshot
     }
@@ -480,6 +502,8 @@ impl Journal {
             }
         }
         let mut inner = self.lock();
+        // What was written while the snapshot was taken, at one per op (their weight is
+        // gone with them; the next snapshot comes a little later, never sooner).
         inner.since_snapshot = inner.durable.saturating_sub(seq);
         Ok(())
     }
@@ -623,6 +647,21 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         std::fs::write(other.path().join("notes.txt"), "mine").unwrap();
         assert!(Journal::open_dir(other.path(), Fsync::Always, "e").is_err());
+    }
+
+    #[test]
+    fn a_directory_of_format_1_is_read_and_marked_as_this_format() {
+        let disk = Arc::new(MemDisk::new());
+        disk.replace(FORMAT_FILE, b"nap-index data format 1\nepoch old\n")
+            .unwrap();
+        let (log, recovered) = Journal::open(disk.clone(), Fsync::Always, "new").unwrap();
+        assert_eq!(recovered.epoch, "old", "the same history goes on");
+        drop(log);
+        let marker = disk.read(FORMAT_FILE).unwrap().unwrap();
+        assert_eq!(
+            String::from_utf8(marker).unwrap(),
+            format!("{FORMAT}\nepoch old\n")
+        );
     }
 
     #[test]

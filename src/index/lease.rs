@@ -106,6 +106,11 @@ impl LeaseTable {
         self.by_file.is_empty()
     }
 
+    /// Whether any lease names `file`, live or expired and not yet swept.
+    pub fn names(&self, file: &str) -> bool {
+        self.by_file.contains_key(file)
+    }
+
     /// The live lease on `file`, if any.
     pub fn live(&self, file: &str, now: Millis) -> Option<&Lease> {
         self.by_file.get(file).filter(|l| l.is_live(now))

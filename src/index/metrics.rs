@@ -96,6 +96,8 @@ pub struct Snapshot {
     pub seq: u64,
     pub peers: usize,
     pub files: usize,
+    /// Names with a version history, held or not.
+    pub histories: usize,
     pub leases: usize,
     pub under_replicated: usize,
     pub tasks: TaskCounts,
@@ -182,6 +184,12 @@ pub fn render(metrics: &Metrics, s: &Snapshot) -> String {
         "nap_files",
         "File names some live peer holds.",
         s.files,
+    );
+    gauge(
+        &mut out,
+        "nap_histories",
+        "File names with a version history, held or not (unheld ones are forgotten after --history-retention).",
+        s.histories,
     );
     gauge(&mut out, "nap_leases", "Write leases held.", s.leases);
     gauge(

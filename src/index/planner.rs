@@ -54,7 +54,7 @@ pub fn refresh_tasks(state: &IndexState, peer_id: &str) -> Vec<Task> {
             task_id: format!("refresh:{name}:v{latest}"),
             file: name.clone(),
             version: latest,
-            sha256: info.sha256.clone(),
+            sha256: info.sha256.to_string(),
             size: info.size,
             sources,
         });
@@ -71,6 +71,9 @@ pub struct PlanConfig {
     pub max_tasks_per_peer: usize,
     /// A copy not done by then is given to another peer.
     pub task_timeout_ms: u64,
+    /// Names one peer may hold (`--max-files-per-peer`): a peer that holds that many, its
+    /// copies in flight counted, would be refused the copy, so it is not asked.
+    pub max_files_per_peer: usize,
 }
 
 /// A copy handed to a peer and not yet seen done.
@@ -336,13 +339,18 @@ pub fn plan(
         .filter_map(|(name, entry)| below(entry).map(|(v, h)| (name, entry, v, h)))
         .collect();
 
-    // Peers that can take a task, least loaded first.
+    // Peers that can take a task, least loaded first. A task taken this pass counts in
+    // both numbers of the key, so the cap is kept with a little room to spare (at most
+    // `max_tasks_per_peer` names) rather than overrun.
+    let can_take = |files: usize, tasks: usize| {
+        tasks < cfg.max_tasks_per_peer && files.saturating_add(tasks) < cfg.max_files_per_peer
+    };
     let mut ready: BTreeSet<(usize, usize, &str)> = state
         .peer_ids()
         .filter_map(|id| {
             let tasks = per_peer.get(id).copied().unwrap_or(0);
             let files = state.peer(id).map_or(0, |p| p.files.len());
-            (tasks < cfg.max_tasks_per_peer).then_some((files, tasks, id))
+            can_take(files, tasks).then_some((files, tasks, id))
         })
         .collect();
 
@@ -376,7 +384,7 @@ pub fn plan(
         for key in &candidates {
             let (files, tasks, id) = *key;
             ready.remove(key);
-            if tasks + 1 < cfg.max_tasks_per_peer {
+            if can_take(files + 1, tasks + 1) {
                 ready.insert((files + 1, tasks + 1, id));
             }
             new.push(Assignment {
@@ -385,7 +393,7 @@ pub fn plan(
                     task_id: format!("copy:{name}:v{version}:{id}"),
                     file: name.to_string(),
                     version,
-                    sha256: info.sha256.clone(),
+                    sha256: info.sha256.to_string(),
                     size: info.size,
                     sources: sources.clone(),
                 },
@@ -426,6 +434,7 @@ mod tests {
             token_hash: hash_token(id),
             addr: format!("127.0.0.1:{port}"),
             files,
+            limits: Limits::NONE,
         })
     }
 
@@ -458,6 +467,7 @@ mod tests {
                 token_hash: hash_token("a"),
                 file: meta("doc", 2, "v2"),
                 lease_id: Some("L".into()),
+                limits: Limits::NONE,
             }),
             2,
         )
@@ -487,6 +497,7 @@ mod tests {
             replication_factor: r,
             max_tasks_per_peer: k,
             task_timeout_ms: 1_000,
+            max_files_per_peer: usize::MAX,
         }
     }
 
@@ -501,6 +512,7 @@ mod tests {
                 token_hash: hash_token(peer),
                 file,
                 lease_id: None,
+                limits: Limits::NONE,
             }),
             now,
         )
@@ -661,6 +673,34 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_at_its_cap_of_names_is_not_asked_to_copy() {
+        let mut s = IndexState::default();
+        s.apply(
+            register("a", 1, vec![meta("f", 1, "f"), meta("g", 1, "g")]),
+            0,
+        )
+        .unwrap();
+        s.apply(register("full", 2, vec![meta("x", 1, "x")]), 0)
+            .unwrap();
+        s.apply(
+            register("room", 3, vec![meta("y", 1, "y"), meta("z", 1, "z")]),
+            0,
+        )
+        .unwrap();
+        let mut flight = InFlight::default();
+        let capped = PlanConfig {
+            max_files_per_peer: 2,
+            ..cfg(2, 4)
+        };
+        pass(&mut s, &mut flight, 0, &capped);
+        // "full" holds one name and could take one copy; "room" holds two: none. f and g
+        // both need a copy, and only one fits anywhere.
+        assert_eq!(flight.tasks_for("full").len(), 1);
+        assert!(flight.tasks_for("room").is_empty());
+        assert_eq!(flight.len(), 1);
+    }
+
+    #[test]
     fn tasks_are_sent_once_and_settled_by_the_announce() {
         let mut s = IndexState::default();
         s.apply(register("a", 1, vec![meta("f", 1, "f")]), 0)
@@ -718,6 +758,7 @@ mod tests {
                     token_hash: hash_token("b"),
                     added: files(&["f2"]),
                     removed: vec!["f1".into()],
+                    limits: Limits::NONE,
                 });
                 s.apply(op, 0).unwrap();
             }),
@@ -728,6 +769,7 @@ mod tests {
                     token_hash: hash_token("a"),
                     file: meta("f0", 2, "f0 v2"),
                     lease_id: Some("L1".into()),
+                    limits: Limits::NONE,
                 });
                 s.apply(op, 0).unwrap();
             }),

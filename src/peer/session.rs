@@ -325,9 +325,35 @@ impl Session {
         std::mem::take(&mut self.notices)
     }
 
+    /// A conflict is about one file and is told as such. A per-peer limit refuses a whole
+    /// run of files for one reason (a folder over the index's cap may be thousands): it is
+    /// told once per answer, with how many files and the first few names.
     fn note_rejected(&mut self, rejected: &[Rejected]) {
-        for r in rejected {
+        let limit =
+            |r: &&Rejected| matches!(r.code, ErrorCode::TooManyFiles | ErrorCode::RateLimited);
+        for r in rejected.iter().filter(|r| !limit(r)) {
             self.notice(format!("the index refused {}: {}", r.name, r.reason));
+        }
+        for code in [ErrorCode::TooManyFiles, ErrorCode::RateLimited] {
+            let run: Vec<&Rejected> = rejected.iter().filter(|r| r.code == code).collect();
+            let Some(first) = run.first() else {
+                continue;
+            };
+            if run.len() == 1 {
+                self.notice(format!(
+                    "the index refused {}: {}",
+                    first.name, first.reason
+                ));
+                continue;
+            }
+            let shown: Vec<&str> = run.iter().take(3).map(|r| r.name.as_str()).collect();
+            let more = if run.len() > shown.len() { ", ..." } else { "" };
+            self.notice(format!(
+                "the index refused {} files ({}{more}): {}",
+                run.len(),
+                shown.join(", "),
+                first.reason
+            ));
         }
     }
 }
@@ -732,6 +758,7 @@ mod tests {
             reason: "version 1 already exists with other content".into(),
             status: 409,
             code: ErrorCode::Conflict,
+            retry_after_ms: None,
         });
         s.register_answered(&first);
         s.heartbeat_answered(&HeartbeatResponse {
@@ -748,6 +775,7 @@ mod tests {
                 reason: "no lease".into(),
                 status: 409,
                 code: ErrorCode::LeaseRequired,
+                retry_after_ms: None,
             }],
         });
         assert_eq!(
@@ -758,5 +786,21 @@ mod tests {
             ]
         );
         assert!(s.take_notices().is_empty());
+        // Files over a limit are told once per answer, however many.
+        let over = |name: String| Rejected {
+            name,
+            reason: "this peer already holds 3 names".into(),
+            status: 409,
+            code: ErrorCode::TooManyFiles,
+            retry_after_ms: None,
+        };
+        s.heartbeat_answered(&HeartbeatResponse {
+            tasks: Vec::new(),
+            rejected: (0..5000).map(|n| over(format!("f{n}"))).collect(),
+        });
+        assert_eq!(
+            s.take_notices(),
+            vec!["the index refused 5000 files (f0, f1, f2, ...): this peer already holds 3 names"]
+        );
     }
 }

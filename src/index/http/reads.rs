@@ -29,7 +29,7 @@ pub fn file_info(index: &Index, query: &str) -> Result<Reply, ApiError> {
             .map(|(v, i)| VersionEntry {
                 version: *v,
                 size: i.size,
-                sha256: i.sha256.clone(),
+                sha256: i.sha256.to_string(),
                 created_ms: i.created_ms,
             })
             .collect(),
@@ -84,11 +84,12 @@ pub fn status(index: &Index, query: &str) -> Result<Reply, ApiError> {
     let with_digest = validate::query_params(query)?
         .iter()
         .any(|(key, value)| *key == "digest" && matches!(value.as_str(), "1" | "true"));
-    let (peers, files, seq, leases, epoch, digest) = {
+    let (peers, files, histories, seq, leases, epoch, digest) = {
         let state = index.read();
         (
             state.peer_count(),
             state.held_file_count(),
+            state.file_count(),
             state.seq(),
             state.leases().len(),
             state.epoch().to_string(),
@@ -111,6 +112,8 @@ pub fn status(index: &Index, query: &str) -> Result<Reply, ApiError> {
             shadows: index.shadow_states(seq),
             peers,
             files,
+            histories,
+            history_retention_ms: config.history_retention.map_or(0, |d| d.as_millis() as u64),
             seq,
             uptime_ms: index.uptime().as_millis() as u64,
             heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,

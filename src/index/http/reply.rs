@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::index::core::SubmitError;
 use crate::index::lease::LeaseError;
-use crate::index::state::{Conflict, Refusal, StateError};
+use crate::index::state::{Conflict, Limit, Refusal, Refused, StateError};
 use crate::protocol::{ErrorBody, ErrorCode, Rejected};
 
 pub const JSON: &str = "application/json";
@@ -71,9 +71,15 @@ impl Reply {
     pub fn error(e: &ApiError) -> Reply {
         let body = serde_json::to_string(&e.body())
             .unwrap_or_else(|_| r#"{"error":"internal error","code":"internal"}"#.to_string());
+        let retry_after = match (e.code, e.retry_after_ms) {
+            (ErrorCode::Overloaded, _) => Some(1),
+            // Whole seconds, rounded up: a client that waits that long is not refused again.
+            (_, Some(ms)) => Some(u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX)),
+            _ => None,
+        };
         Reply {
             allow: e.allow,
-            retry_after: (e.code == ErrorCode::Overloaded).then_some(1),
+            retry_after,
             ..Reply::new(e.code.status(), body, JSON)
         }
     }
@@ -106,6 +112,8 @@ pub struct ApiError {
     primary: Option<String>,
     /// With `method_not_allowed`: the methods the endpoint takes.
     allow: Option<&'static str>,
+    /// With `rate_limited`: when to try again.
+    retry_after_ms: Option<u64>,
 }
 
 impl ApiError {
@@ -116,6 +124,7 @@ impl ApiError {
             holder: None,
             primary: None,
             allow: None,
+            retry_after_ms: None,
         }
     }
 
@@ -163,6 +172,7 @@ impl ApiError {
             body.remaining_ms = Some(*remaining_ms);
         }
         body.primary = self.primary.clone();
+        body.retry_after_ms = self.retry_after_ms;
         body
     }
 }
@@ -185,6 +195,14 @@ pub fn conflict_code(conflict: &Conflict) -> ErrorCode {
     }
 }
 
+/// The code for a file refused by a per-peer limit.
+pub fn limit_code(limit: &Limit) -> ErrorCode {
+    match limit {
+        Limit::Files { .. } => ErrorCode::TooManyFiles,
+        Limit::NewNames { .. } => ErrorCode::RateLimited,
+    }
+}
+
 impl From<StateError> for ApiError {
     fn from(e: StateError) -> Self {
         let message = e.to_string();
@@ -199,6 +217,11 @@ impl From<StateError> for ApiError {
             StateError::Lease(LeaseError::Expired { .. }) => ErrorCode::LeaseExpired,
             StateError::Lease(LeaseError::OtherFile { .. }) => ErrorCode::LeaseOtherFile,
             StateError::Lease(LeaseError::IdTaken) => ErrorCode::Conflict,
+            StateError::Limit(limit) => limit_code(limit),
+        };
+        let retry_after_ms = match &e {
+            StateError::Limit(limit) => limit.retry_after_ms(),
+            _ => None,
         };
         let holder = match e {
             StateError::Lease(LeaseError::Held {
@@ -210,6 +233,7 @@ impl From<StateError> for ApiError {
         };
         ApiError {
             holder,
+            retry_after_ms,
             ..ApiError::new(code, message)
         }
     }
@@ -220,12 +244,16 @@ pub fn rejected(refusals: Vec<Refusal>) -> Vec<Rejected> {
     refusals
         .into_iter()
         .map(|r| {
-            let code = conflict_code(&r.why);
+            let (code, retry_after_ms) = match &r.why {
+                Refused::Conflict(conflict) => (conflict_code(conflict), None),
+                Refused::Limit(limit) => (limit_code(limit), limit.retry_after_ms()),
+            };
             Rejected {
                 name: r.name,
                 reason: r.why.to_string(),
                 status: code.status(),
                 code,
+                retry_after_ms,
             }
         })
         .collect()

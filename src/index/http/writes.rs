@@ -57,6 +57,7 @@ pub fn register(index: &Index, rq: RegisterRequest) -> Result<Reply, ApiError> {
         token_hash,
         addr: rq.addr,
         files: rq.files,
+        limits: config.limits(),
     })?;
     let registered = applied.outcome;
     log::info!(
@@ -110,6 +111,7 @@ pub fn heartbeat(index: &Index, rq: HeartbeatRequest) -> Result<Reply, ApiError>
             token_hash,
             added: rq.added,
             removed: rq.removed,
+            limits: config.limits(),
         })?;
         (rejected(applied.outcome.refused), applied.seq, applied.wake)
     };
@@ -153,6 +155,7 @@ pub fn announce(index: &Index, rq: AnnounceRequest) -> Result<Reply, ApiError> {
         token_hash,
         file,
         lease_id: rq.lease_id,
+        limits: index.config().limits(),
     })?;
     // Holders of an older version now have a refresh task: their waiting heartbeats are
     // answered with the announce (once it is on disk), not at the end of their wait.

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 
+use super::limits::{Limit, Limits, Spending};
 use super::op::*;
 use super::{FileEntry, IndexState, Peer, VersionInfo};
 use crate::clock::Millis;
@@ -25,6 +26,7 @@ impl IndexState {
             token_hash,
             addr,
             files,
+            limits,
         } = op;
         let new_peer = match self.peers.get_mut(&peer_id) {
             Some(peer) => {
@@ -41,6 +43,7 @@ impl IndexState {
                         token_hash,
                         last_seen_ms: now,
                         files: BTreeSet::new(),
+                        allowance: None,
                     },
                 );
                 true
@@ -55,9 +58,9 @@ impl IndexState {
             .cloned()
             .collect();
         for name in dropped {
-            self.drop_holding(&peer_id, &name);
+            self.drop_holding(&peer_id, &name, now);
         }
-        let refused = self.add_holdings(&peer_id, files, now);
+        let refused = self.add_holdings(&peer_id, files, limits, now);
         Ok(Registered { new_peer, refused })
     }
 
@@ -68,10 +71,11 @@ impl IndexState {
     ) -> Result<HeartbeatAccepted, StateError> {
         let peer = self.authed_peer(&op.peer_id, &op.token_hash)?;
         peer.last_seen_ms = now;
+        // Removals first: a peer at its cap that swaps files makes room before it adds.
         for name in op.removed {
-            self.drop_holding(&op.peer_id, &name);
+            self.drop_holding(&op.peer_id, &name, now);
         }
-        let refused = self.add_holdings(&op.peer_id, op.added, now);
+        let refused = self.add_holdings(&op.peer_id, op.added, op.limits, now);
         Ok(HeartbeatAccepted { refused })
     }
 
@@ -81,11 +85,14 @@ impl IndexState {
             token_hash,
             file,
             lease_id,
+            limits,
         } = op;
         self.authed_peer(&peer_id, &token_hash)?;
         let name = file.name.clone();
-        match self.check_holding(&file).map_err(StateError::Conflict)? {
-            Claim::Known => {}
+        // Everything is checked before anything changes: the lease is spent, and the
+        // allowance used, only once the holding is sure to be recorded.
+        let spend_lease = match self.check_holding(&file).map_err(StateError::Conflict)? {
+            Claim::Known => None,
             Claim::Next => {
                 let lease_id = lease_id.ok_or_else(|| {
                     StateError::Conflict(Conflict::LeaseRequired {
@@ -103,10 +110,17 @@ impl IndexState {
                         leased: lease.file.clone(),
                     }));
                 }
-                // The lease is spent: the next version needs a new one.
-                self.leases.remove(&lease_id);
+                Some(lease_id)
             }
+        };
+        let mut spending = self.start_spending(&peer_id, limits, now);
+        self.within_limits(&peer_id, &name, limits, spending.as_mut())
+            .map_err(StateError::Limit)?;
+        // The lease is spent: the next version needs a new one.
+        if let Some(lease_id) = spend_lease {
+            self.leases.remove(&lease_id);
         }
+        self.finish_spending(&peer_id, spending);
         self.add_holding(&peer_id, file, now);
         if let Some(peer) = self.peers.get_mut(&peer_id) {
             peer.last_seen_ms = now;
@@ -118,18 +132,18 @@ impl IndexState {
     pub(super) fn unregister(
         &mut self,
         op: Unregister,
-        _now: Millis,
+        now: Millis,
     ) -> Result<Unregistered, StateError> {
         self.authed_peer(&op.peer_id, &op.token_hash)?;
-        self.remove_peer(&op.peer_id);
+        self.remove_peer(&op.peer_id, now);
         Ok(Unregistered)
     }
 
-    pub(super) fn prune(&mut self, op: Prune, _now: Millis) -> Result<Pruned, StateError> {
+    pub(super) fn prune(&mut self, op: Prune, now: Millis) -> Result<Pruned, StateError> {
         let peers = op
             .peers
             .into_iter()
-            .filter(|id| self.remove_peer(id))
+            .filter(|id| self.remove_peer(id, now))
             .collect();
         Ok(Pruned { peers })
     }
@@ -207,6 +221,47 @@ impl IndexState {
         Ok(LeasesExpired { lease_ids })
     }
 
+    pub(super) fn forget_histories(
+        &mut self,
+        op: ForgetHistories,
+        now: Millis,
+    ) -> Result<HistoriesForgotten, StateError> {
+        let (mut names, mut kept) = (0, 0);
+        while names + kept < op.max_names {
+            match self.orphans.first() {
+                Some((since, _)) if *since <= op.before_ms => {}
+                _ => break,
+            }
+            let Some((_, name)) = self.orphans.pop_first() else {
+                break;
+            };
+            let Some(entry) = self.files.get_mut(&name) else {
+                continue;
+            };
+            if !entry.holders.is_empty() {
+                // Not an orphan after all (cannot happen: `release` and `add_holding` keep
+                // the two in step); it is simply no longer listed.
+                entry.orphaned_ms = None;
+                continue;
+            }
+            if self.leases.names(&name) {
+                entry.orphaned_ms = Some(now);
+                self.orphans.insert((now, name));
+                kept += 1;
+                continue;
+            }
+            self.files.remove(&name);
+            self.forget_name(&name);
+            names += 1;
+        }
+        super::shrink_if_sparse(&mut self.files);
+        let more = self
+            .orphans
+            .first()
+            .is_some_and(|(since, _)| *since <= op.before_ms);
+        Ok(HistoriesForgotten { names, kept, more })
+    }
+
     /// The peer `peer_id`, if `token_hash` is its token's hash.
     pub(super) fn authed_peer(
         &mut self,
@@ -222,8 +277,15 @@ impl IndexState {
     }
 
     /// Records what can be recorded and lists the rest; one bad file does not sink the batch.
-    fn add_holdings(&mut self, peer_id: &str, files: Vec<FileMeta>, now: Millis) -> Vec<Refusal> {
+    fn add_holdings(
+        &mut self,
+        peer_id: &str,
+        files: Vec<FileMeta>,
+        limits: Limits,
+        now: Millis,
+    ) -> Vec<Refusal> {
         let mut refused = Vec::new();
+        let mut spending = self.start_spending(peer_id, limits, now);
         for file in files {
             let claim = self.check_holding(&file).and_then(|claim| match claim {
                 Claim::Known => Ok(()),
@@ -233,11 +295,15 @@ impl IndexState {
                     in_list: true,
                 }),
             });
-            match claim {
+            let verdict = claim.map_err(Refused::Conflict).and_then(|()| {
+                self.within_limits(peer_id, &file.name, limits, spending.as_mut())
+                    .map_err(Refused::Limit)
+            });
+            match verdict {
                 Ok(()) => self.add_holding(peer_id, file, now),
                 Err(why) => {
                     // The peer no longer counts as a holder of a name it could not record.
-                    self.drop_holding(peer_id, &file.name);
+                    self.drop_holding(peer_id, &file.name, now);
                     refused.push(Refusal {
                         name: file.name,
                         why,
@@ -245,7 +311,48 @@ impl IndexState {
                 }
             }
         }
+        self.finish_spending(peer_id, spending);
         refused
+    }
+
+    /// `peer_id`'s allowance of new names, ready to spend under `limits` at `now`.
+    fn start_spending(&self, peer_id: &str, limits: Limits, now: Millis) -> Option<Spending> {
+        let rate = limits.new_names?;
+        let saved = self.peers.get(peer_id)?.allowance;
+        Some(Spending::start(saved, rate, now))
+    }
+
+    fn finish_spending(&mut self, peer_id: &str, spending: Option<Spending>) {
+        if let (Some(spending), Some(peer)) = (spending, self.peers.get_mut(peer_id)) {
+            peer.allowance = spending.finish(peer.allowance);
+        }
+    }
+
+    /// Whether `peer_id` may take up `name` under `limits`: a name it holds already costs
+    /// nothing; another must fit under the cap, and one new to the index takes one name of
+    /// its allowance (from `spending`).
+    fn within_limits(
+        &self,
+        peer_id: &str,
+        name: &str,
+        limits: Limits,
+        spending: Option<&mut Spending>,
+    ) -> Result<(), Limit> {
+        let Some(peer) = self.peers.get(peer_id) else {
+            return Ok(());
+        };
+        if peer.files.contains(name) {
+            return Ok(());
+        }
+        if let Some(max) = limits.max_files {
+            if peer.files.len() as u64 >= max {
+                return Err(Limit::Files { max });
+            }
+        }
+        match spending {
+            Some(spending) if !self.files.contains_key(name) => spending.take(),
+            _ => Ok(()),
+        }
     }
 
     /// Whether a peer may claim `file`: one content per (name, version), and no version gaps.
@@ -256,11 +363,11 @@ impl IndexState {
             return Ok(Claim::Known);
         };
         if let Some(known) = entry.versions.get(&file.version) {
-            if known.sha256 != file.sha256 || known.size != file.size {
+            if !known.sha256.is(&file.sha256) || known.size != file.size {
                 return Err(Conflict::OtherContent {
                     name: file.name.clone(),
                     version: file.version,
-                    sha256: known.sha256.clone(),
+                    sha256: known.sha256.to_string(),
                 });
             }
             return Ok(Claim::Known);
@@ -281,7 +388,7 @@ impl IndexState {
         }
     }
 
-    /// Records a holding already checked by `check_holding`.
+    /// Records a holding already checked by `check_holding` (and `within_limits`).
     fn add_holding(&mut self, peer_id: &str, file: FileMeta, now: Millis) {
         if !self.files.contains_key(&file.name) {
             self.index_name(&file.name);
@@ -289,14 +396,17 @@ impl IndexState {
         let entry = self.files.entry(file.name.clone()).or_default();
         entry
             .versions
-            .entry(file.version)
-            .or_insert_with(|| VersionInfo {
+            .get_or_insert_with(file.version, || VersionInfo {
                 size: file.size,
-                sha256: file.sha256,
+                sha256: file.sha256.into(),
                 created_ms: now,
             });
         if entry.holders.is_empty() {
             self.held_files += 1;
+            // Held again: no longer on its way to being forgotten.
+            if let Some(since) = entry.orphaned_ms.take() {
+                self.orphans.remove(&(since, file.name.clone()));
+            }
         }
         entry.holders.insert(peer_id.to_string(), file.version);
         self.touched.mark(&file.name);
@@ -305,32 +415,35 @@ impl IndexState {
         }
     }
 
-    fn drop_holding(&mut self, peer_id: &str, name: &str) {
-        self.release(peer_id, name);
+    fn drop_holding(&mut self, peer_id: &str, name: &str, now: Millis) {
+        self.release(peer_id, name, now);
         if let Some(peer) = self.peers.get_mut(peer_id) {
             peer.files.remove(name);
         }
     }
 
-    /// Removes `peer_id` from the holders of `name`, keeping the held-file count true.
-    fn release(&mut self, peer_id: &str, name: &str) {
+    /// Removes `peer_id` from the holders of `name`, keeping the held-file count true; the
+    /// last holder leaving at `now` starts the history's retention.
+    fn release(&mut self, peer_id: &str, name: &str, now: Millis) {
         if let Some(entry) = self.files.get_mut(name) {
             if entry.holders.remove(peer_id).is_some() {
                 if entry.holders.is_empty() {
                     self.held_files -= 1;
+                    entry.orphaned_ms = Some(now);
+                    self.orphans.insert((now, name.to_string()));
                 }
                 self.touched.mark(name);
             }
         }
     }
 
-    /// Removes a peer and its holdings; false when it was not there.
-    fn remove_peer(&mut self, peer_id: &str) -> bool {
+    /// Removes a peer and its holdings at `now`; false when it was not there.
+    fn remove_peer(&mut self, peer_id: &str, now: Millis) -> bool {
         let Some(peer) = self.peers.remove(peer_id) else {
             return false;
         };
         for name in &peer.files {
-            self.release(peer_id, name);
+            self.release(peer_id, name, now);
         }
         // A peer that left cannot publish: its leases free their files now.
         for lease_id in self.leases.held_by(peer_id) {

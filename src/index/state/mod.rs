@@ -6,10 +6,12 @@
 //! that the same ops applied in the same order give the same state anywhere.
 
 mod apply;
+pub mod limits;
 pub mod op;
 mod search;
 #[cfg(test)]
 pub(crate) mod tests;
+pub mod vec_map;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -18,31 +20,39 @@ use sha2::{Digest, Sha256};
 
 use super::lease::{Lease, LeaseTable};
 pub use crate::clock::Millis;
-use crate::hashing::{hex, sha256_hex};
+use crate::hashing::{hex, sha256_hex, Sha256Hex};
 use crate::protocol::FileMeta;
+pub use limits::{Allowance, Limit, Limits, Rate};
 pub use op::*;
 pub use search::tokenize;
+pub use vec_map::VecMap;
 
 /// One version of a file as the index first learned it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionInfo {
     pub size: u64,
-    pub sha256: String,
+    pub sha256: Sha256Hex,
     pub created_ms: Millis,
 }
 
 /// A file's version history and who holds which version. Kept after the last holder leaves,
-/// so a stale copy can never come back as "latest".
+/// so a stale copy can never come back as "latest", until no peer has held the name for
+/// `--history-retention` (see [`ForgetHistories`]); then the name is forgotten entirely.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FileEntry {
-    pub versions: BTreeMap<u64, VersionInfo>,
+    pub versions: VecMap<u64, VersionInfo>,
     /// peer id -> the version that peer holds.
-    pub holders: BTreeMap<String, u64>,
+    pub holders: VecMap<String, u64>,
+    /// Since when no peer holds the name (the `at` of the op its last holder left by); set
+    /// exactly while `holders` is empty. Snapshots written before it existed read it back
+    /// from the latest version's time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orphaned_ms: Option<Millis>,
 }
 
 impl FileEntry {
     pub fn latest(&self) -> Option<(u64, &VersionInfo)> {
-        self.versions.iter().next_back().map(|(v, i)| (*v, i))
+        self.versions.last().map(|(v, i)| (*v, i))
     }
 
     pub fn latest_version(&self) -> u64 {
@@ -58,6 +68,10 @@ pub struct Peer {
     /// heartbeat that only says "alive" is not an op), so it is left out of the digest.
     pub last_seen_ms: Millis,
     pub files: BTreeSet<String>,
+    /// What the peer has used of its allowance of names new to the index (see `limits`);
+    /// `None`: none of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowance: Option<Allowance>,
 }
 
 /// The whole sequenced state, for a shadow to start from. Derived indexes (search tokens,
@@ -83,6 +97,9 @@ pub struct IndexState {
     tokens: HashMap<String, HashSet<String>>,
     /// Names with at least one holder, kept up to date so `/status` never counts.
     held_files: usize,
+    /// The names no peer holds, by the time their last holder left (`FileEntry::orphaned_ms`):
+    /// the sweeper finds what is due for forgetting without looking at every file.
+    orphans: BTreeSet<(Millis, String)>,
     leases: LeaseTable,
     /// Names whose holders or versions changed since the planner last took them.
     touched: Touched,
@@ -115,6 +132,20 @@ impl Touched {
     }
 }
 
+/// Capacity a map keeps however empty it gets (what `Index::open` starts with): a map that
+/// emptied and fills again does not grow from nothing under the write lock.
+const MIN_CAPACITY: usize = 16 * 1024;
+
+/// Hands back most of a map's room once it is three quarters empty (histories forgotten):
+/// maps never shrink by themselves, and 400,000 forgotten names would keep ~40 MB of empty
+/// buckets in each. Halving at a quarter full keeps the rehashing to O(1) per removal,
+/// amortized.
+pub(super) fn shrink_if_sparse<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > MIN_CAPACITY && map.len() < map.capacity() / 4 {
+        map.shrink_to((map.len() * 2).max(MIN_CAPACITY));
+    }
+}
+
 /// The form in which a peer's secret token is kept: the index never stores the token itself.
 pub fn hash_token(token: &str) -> String {
     sha256_hex(token.as_bytes())
@@ -131,6 +162,7 @@ impl IndexState {
             files: HashMap::with_capacity(files),
             tokens: HashMap::with_capacity(files),
             held_files: 0,
+            orphans: BTreeSet::new(),
             leases: LeaseTable::default(),
             touched: Touched::All,
         }
@@ -218,6 +250,16 @@ impl IndexState {
         self.files.len()
     }
 
+    /// Histories of names no peer holds: kept for `--history-retention`.
+    pub fn orphan_count(&self) -> usize {
+        self.orphans.len()
+    }
+
+    /// Since when the longest-unheld name has been without a holder.
+    pub fn oldest_orphan_ms(&self) -> Option<Millis> {
+        self.orphans.first().map(|(at, _)| *at)
+    }
+
     /// A copy of the sequenced state (and liveness) to ship to a shadow.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
@@ -243,9 +285,19 @@ impl IndexState {
         state.epoch = snapshot.epoch;
         state.seq = snapshot.seq;
         state.peers = snapshot.peers.into_iter().collect();
-        for (name, entry) in snapshot.files {
+        for (name, mut entry) in snapshot.files {
             state.index_name(&name);
-            if !entry.holders.is_empty() {
+            if entry.holders.is_empty() {
+                // A snapshot from before orphan times were kept: the latest version's time
+                // is the last the name is known to have been held (and the same everywhere).
+                let since = entry
+                    .orphaned_ms
+                    .or_else(|| entry.latest().map(|(_, info)| info.created_ms))
+                    .unwrap_or(0);
+                entry.orphaned_ms = Some(since);
+                state.orphans.insert((since, name.clone()));
+            } else {
+                entry.orphaned_ms = None;
                 state.held_files += 1;
             }
             state.files.insert(name, entry);
@@ -305,7 +357,7 @@ impl IndexState {
             name: name.to_string(),
             version,
             size: info.size,
-            sha256: info.sha256.clone(),
+            sha256: info.sha256.to_string(),
         })
     }
 
@@ -352,8 +404,8 @@ impl IndexState {
         for id in peer_ids {
             let p = &self.peers[id];
             // Liveness is left out: it is not sequenced (see `touch`).
-            let line =
-                serde_json::to_string(&(id, &p.addr, &p.token_hash, &p.files)).unwrap_or_default();
+            let line = serde_json::to_string(&(id, &p.addr, &p.token_hash, &p.files, &p.allowance))
+                .unwrap_or_default();
             h.update(line.as_bytes());
         }
         let mut names: Vec<&String> = self.files.keys().collect();

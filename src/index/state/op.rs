@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::limits::{Limit, Limits};
 use super::IndexState;
 use crate::clock::Millis;
 use crate::index::lease::{Lease, LeaseError};
@@ -16,6 +17,9 @@ pub struct Register {
     pub token_hash: String,
     pub addr: String,
     pub files: Vec<FileMeta>,
+    /// What the peer may hold (see `limits`); none in ops logged before there were limits.
+    #[serde(default, skip_serializing_if = "Limits::is_none")]
+    pub limits: Limits,
 }
 
 /// Liveness plus the changes of the peer's file list.
@@ -25,6 +29,8 @@ pub struct Heartbeat {
     pub token_hash: String,
     pub added: Vec<FileMeta>,
     pub removed: Vec<String>,
+    #[serde(default, skip_serializing_if = "Limits::is_none")]
+    pub limits: Limits,
 }
 
 /// "I now hold this file at this version." A version after the latest needs the peer's live
@@ -36,6 +42,8 @@ pub struct Announce {
     pub file: FileMeta,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Limits::is_none")]
+    pub limits: Limits,
 }
 
 /// A graceful leave: the peer and its holdings go away.
@@ -85,6 +93,19 @@ pub struct ExpireLeases {
     pub lease_ids: Vec<String>,
 }
 
+/// Forgets the histories of names no peer has held since `before_ms` (or earlier), oldest
+/// first and at most `max_names` of them, so that one op does bounded work under the write
+/// lock; the sweeper applies as many as are due. A history whose name has a lease is kept a
+/// while longer (its time starts again at the op's `at`): someone means to publish it.
+///
+/// The op names a time, not the names: what is forgotten follows from the state, the same on
+/// the primary, its shadows and a replay, and the op stays a few bytes however many go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgetHistories {
+    pub before_ms: Millis,
+    pub max_names: usize,
+}
+
 /// Everything that can change the index, as it is logged and shipped to shadows (JSON with
 /// an `op` tag and the command's fields beside it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +120,25 @@ pub enum Op {
     RenewLease(RenewLease),
     ReleaseLease(ReleaseLease),
     ExpireLeases(ExpireLeases),
+    ForgetHistories(ForgetHistories),
+}
+
+impl Op {
+    /// About how much work the op is, to apply or to ship: one, plus one per file it lists
+    /// (or may forget). What bounds the shadows' backlog and what the journal counts towards
+    /// a snapshot.
+    pub fn weight(&self) -> usize {
+        1 + match self {
+            Op::Register(r) => r.files.len(),
+            Op::Heartbeat(h) => h.added.len() + h.removed.len(),
+            Op::Prune(p) => p.peers.len(),
+            Op::ExpireLeases(e) => e.lease_ids.len(),
+            // Counted up to a bound: the primary's ops forget at most `FORGET_PER_OP`, and
+            // a number read from a damaged log must not overflow a sum.
+            Op::ForgetHistories(f) => f.max_names.min(1 << 16),
+            _ => 0,
+        }
+    }
 }
 
 /// One op as applied: its sequence number and the primary's clock when it applied. The
@@ -162,6 +202,16 @@ pub struct LeasesExpired {
     pub lease_ids: Vec<String>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoriesForgotten {
+    /// Names forgotten by this op.
+    pub names: usize,
+    /// Histories kept because their name has a lease (their time starts again).
+    pub kept: usize,
+    /// More histories are due at `before_ms`: apply another.
+    pub more: bool,
+}
+
 /// What any op did, for callers that apply ops of every kind (replay, shadows, tests).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -173,6 +223,7 @@ pub enum Outcome {
     Leased(Leased),
     LeaseReleased(LeaseReleased),
     LeasesExpired(LeasesExpired),
+    HistoriesForgotten(HistoriesForgotten),
 }
 
 /// A file of a register or heartbeat the index could not record for the peer (the rest of
@@ -180,7 +231,25 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub name: String,
-    pub why: Conflict,
+    pub why: Refused,
+}
+
+/// Why a file of a list was not recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// It contradicts the file's history.
+    Conflict(Conflict),
+    /// It would break a per-peer limit.
+    Limit(Limit),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Conflict(why) => write!(f, "{why}"),
+            Refused::Limit(why) => write!(f, "{why}"),
+        }
+    }
 }
 
 /// How a claimed holding contradicts a file's history.
@@ -262,6 +331,8 @@ pub enum StateError {
     NoSuchFile(String),
     /// A lease could not be granted or used.
     Lease(LeaseError),
+    /// A per-peer limit (an announce of a name the peer does not hold yet).
+    Limit(Limit),
 }
 
 impl std::fmt::Display for StateError {
@@ -272,6 +343,7 @@ impl std::fmt::Display for StateError {
             StateError::Conflict(why) => write!(f, "{why}"),
             StateError::NoSuchFile(name) => write!(f, "no version of {name} is known"),
             StateError::Lease(e) => write!(f, "{e}"),
+            StateError::Limit(e) => write!(f, "{e}"),
         }
     }
 }
@@ -326,4 +398,5 @@ commands! {
     RenewLease => renew_lease -> Leased,
     ReleaseLease => release_lease -> LeaseReleased,
     ExpireLeases => expire_leases -> LeasesExpired,
+    ForgetHistories => forget_histories -> HistoriesForgotten,
 }

@@ -15,8 +15,8 @@ pub fn tokenize(text: &str) -> impl Iterator<Item = String> + '_ {
 }
 
 impl IndexState {
-    /// Adds a name new to the index to the token index (names are never removed: a file's
-    /// history outlives its holders).
+    /// Adds a name new to the index to the token index (it stays while the name has a
+    /// history: a history outlives its holders, until `forget_name`).
     pub(super) fn index_name(&mut self, name: &str) {
         for token in tokenize(name) {
             self.tokens
@@ -24,6 +24,20 @@ impl IndexState {
                 .or_default()
                 .insert(name.to_string());
         }
+    }
+
+    /// Takes a name whose history was dropped (`ForgetHistories`) out of the token index;
+    /// the one way a name leaves it.
+    pub(super) fn forget_name(&mut self, name: &str) {
+        for token in tokenize(name) {
+            if let Some(names) = self.tokens.get_mut(&token) {
+                names.remove(name);
+                if names.is_empty() {
+                    self.tokens.remove(&token);
+                }
+            }
+        }
+        super::shrink_if_sparse(&mut self.tokens);
     }
 
     /// Exact name first, then names containing every token of `query`, most holders first.
@@ -91,7 +105,7 @@ impl IndexState {
             name: name.to_string(),
             version,
             size: info.size,
-            sha256: info.sha256.clone(),
+            sha256: info.sha256.to_string(),
             holders,
             stale_holders,
         })

@@ -19,6 +19,7 @@ fn register(id: &str, files: Vec<FileMeta>) -> Op {
         token_hash: hash_token(&format!("tok-{id}")),
         addr: format!("127.0.0.1:{}", 9000 + id.len()),
         files,
+        limits: Limits::NONE,
     })
 }
 
@@ -28,6 +29,7 @@ fn announce(id: &str, file: FileMeta, lease_id: Option<&str>) -> Op {
         token_hash: hash_token(&format!("tok-{id}")),
         file,
         lease_id: lease_id.map(String::from),
+        limits: Limits::NONE,
     })
 }
 
@@ -47,6 +49,7 @@ fn heartbeat(id: &str, added: Vec<FileMeta>, removed: Vec<&str>) -> Op {
         token_hash: hash_token(&format!("tok-{id}")),
         added,
         removed: removed.into_iter().map(String::from).collect(),
+        limits: Limits::NONE,
     })
 }
 
@@ -121,6 +124,7 @@ fn same_version_with_other_content_is_rejected() {
                 token_hash: hash_token("tok-b"),
                 file: meta("doc.txt", 1, "evil"),
                 lease_id: None,
+                limits: Limits::NONE,
             }),
             0,
         )
@@ -151,6 +155,7 @@ fn new_version_makes_old_holders_stale_and_gaps_are_refused() {
                 token_hash: hash_token("tok-b"),
                 file: meta("doc.txt", 4, "v4"),
                 lease_id: None,
+                limits: Limits::NONE,
             }),
             2,
         )
@@ -169,6 +174,7 @@ fn wrong_token_and_unknown_peer_change_nothing() {
         token_hash: hash_token("guess"),
         addr: "127.0.0.1:1".into(),
         files: vec![],
+        limits: Limits::NONE,
     });
     assert!(matches!(s.apply(hijack, 1), Err(StateError::BadToken(_))));
     assert!(matches!(
@@ -459,7 +465,15 @@ fn interleaved_publishers_never_lose_or_duplicate_a_version() {
         (1..=published.len() as u64 + 1).collect::<Vec<_>>()
     );
     for file in &published {
-        assert_eq!(entry.versions[&file.version].sha256, file.sha256);
+        assert_eq!(
+            entry
+                .versions
+                .get(&file.version)
+                .unwrap()
+                .sha256
+                .to_string(),
+            file.sha256
+        );
     }
 }
 
@@ -535,6 +549,25 @@ fn check_invariants(s: &IndexState) {
         assert!(s.files.contains_key(file), "lease on unknown {file}");
         assert!(s.peers.contains_key(&lease.peer_id), "lease of a peer gone");
     }
+    // A name is an orphan exactly while nobody holds it, listed at the time it became one.
+    let orphans = s.files.values().filter(|f| f.holders.is_empty()).count();
+    assert_eq!(s.orphan_count(), orphans);
+    for (name, entry) in &s.files {
+        match entry.orphaned_ms {
+            Some(since) => assert!(s.orphans.contains(&(since, name.clone())), "{name}"),
+            None => assert!(!entry.holders.is_empty(), "{name} unheld, not an orphan"),
+        }
+    }
+    for (since, name) in &s.orphans {
+        assert_eq!(s.files[name].orphaned_ms, Some(*since), "{name}");
+    }
+    // Forgotten names are gone from the search index too.
+    for names in s.tokens.values() {
+        assert!(!names.is_empty());
+        for name in names {
+            assert!(s.files.contains_key(name), "token of forgotten {name}");
+        }
+    }
 }
 
 #[test]
@@ -572,9 +605,20 @@ fn random_op_sequences_keep_the_invariants() {
             5 => Op::Prune(Prune {
                 peers: s.silent_peers(step, next(50)),
             }),
+            8 if next(2) == 0 => Op::ForgetHistories(ForgetHistories {
+                before_ms: step.saturating_sub(next(30)),
+                max_names: 1 + next(3) as usize,
+            }),
             _ => Op::ExpireLeases(ExpireLeases {
                 lease_ids: s.leases().expired(step),
             }),
+        };
+        // Some requests come with tight limits: a cap of two names, a burst of one.
+        let op = match (op, next(3)) {
+            (Op::Register(r), 0) => Op::Register(Register { limits: TIGHT, ..r }),
+            (Op::Heartbeat(h), 0) => Op::Heartbeat(Heartbeat { limits: TIGHT, ..h }),
+            (Op::Announce(a), 0) => Op::Announce(Announce { limits: TIGHT, ..a }),
+            (op, _) => op,
         };
         let before = s.seq();
         match s.apply(op, step) {
@@ -617,4 +661,372 @@ fn replaying_the_same_ops_gives_the_same_digest() {
     assert_eq!(one.digest(), two.digest());
     digests.dedup();
     assert_eq!(digests.len(), 6, "every op changes the digest");
+}
+
+const TIGHT: Limits = Limits {
+    max_files: Some(2),
+    new_names: Some(Rate {
+        per_minute: 60,
+        burst: 1,
+    }),
+};
+
+fn with_limits(op: Op, limits: Limits) -> Op {
+    match op {
+        Op::Register(r) => Op::Register(Register { limits, ..r }),
+        Op::Heartbeat(h) => Op::Heartbeat(Heartbeat { limits, ..h }),
+        Op::Announce(a) => Op::Announce(Announce { limits, ..a }),
+        op => op,
+    }
+}
+
+fn files(names: &[&str]) -> Vec<FileMeta> {
+    names.iter().map(|n| meta(n, 1, n)).collect()
+}
+
+fn refused(outcome: Outcome) -> Vec<(String, Refused)> {
+    let refusals = match outcome {
+        Outcome::Registered(r) => r.refused,
+        Outcome::HeartbeatAccepted(h) => h.refused,
+        other => panic!("{other:?}"),
+    };
+    refusals.into_iter().map(|r| (r.name, r.why)).collect()
+}
+
+fn forget(before_ms: Millis, max_names: usize) -> Op {
+    Op::ForgetHistories(ForgetHistories {
+        before_ms,
+        max_names,
+    })
+}
+
+fn forgot(outcome: Outcome) -> HistoriesForgotten {
+    match outcome {
+        Outcome::HistoriesForgotten(f) => f,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_peer_holds_at_most_its_cap_and_names_it_holds_never_count_twice() {
+    let cap = Limits {
+        max_files: Some(3),
+        new_names: None,
+    };
+    let mut s = IndexState::default();
+    let out = s
+        .apply(
+            with_limits(register("a", files(&["1", "2", "3", "4", "5"])), cap),
+            0,
+        )
+        .unwrap();
+    let why = Refused::Limit(Limit::Files { max: 3 });
+    assert_eq!(
+        refused(out),
+        vec![
+            ("4".to_string(), why.clone()),
+            ("5".to_string(), why.clone())
+        ]
+    );
+    assert_eq!(s.peer("a").unwrap().files.len(), 3);
+    assert!(s.file("4").is_none(), "a refused name leaves no history");
+    // Registering the same list again changes nothing; a newer version of a name it
+    // holds is no new name.
+    let again = with_limits(register("a", files(&["1", "2", "3", "4"])), cap);
+    assert_eq!(refused(s.apply(again, 1).unwrap()).len(), 1);
+    s.apply(lease("a", "1", "L1", 100), 2).unwrap();
+    s.apply(
+        with_limits(announce("a", meta("1", 2, "new"), Some("L1")), cap),
+        3,
+    )
+    .unwrap();
+    // At the cap, an announce of another name is refused whole, and changes nothing.
+    s.apply(register("b", files(&["6"])), 4).unwrap();
+    let digest = s.digest();
+    assert_eq!(
+        s.apply(with_limits(announce("a", meta("6", 1, "6"), None), cap), 5),
+        Err(StateError::Limit(Limit::Files { max: 3 }))
+    );
+    assert_eq!(s.digest(), digest);
+    // A heartbeat's removals make room before its additions count.
+    let swap = with_limits(heartbeat("a", files(&["4", "5"]), vec!["2", "3"]), cap);
+    assert!(refused(s.apply(swap, 6).unwrap()).is_empty());
+    let held: Vec<&str> = s
+        .peer("a")
+        .unwrap()
+        .files
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(held, ["1", "4", "5"]);
+    // Ops logged before limits existed, or replayed with none, are not limited.
+    s.apply(heartbeat("a", files(&["7", "8"]), vec![]), 7)
+        .unwrap();
+    assert_eq!(s.peer("a").unwrap().files.len(), 5);
+    check_invariants(&s);
+}
+
+#[test]
+fn new_names_come_in_a_burst_then_at_the_rate_and_known_names_cost_nothing() {
+    let rate = Limits {
+        max_files: None,
+        new_names: Some(Rate {
+            per_minute: 60,
+            burst: 2,
+        }),
+    };
+    let mut s = IndexState::default();
+    let out = s
+        .apply(
+            with_limits(register("a", files(&["1", "2", "3"])), rate),
+            1_000,
+        )
+        .unwrap();
+    let refusals = refused(out);
+    assert_eq!(refusals.len(), 1);
+    let (name, why) = &refusals[0];
+    assert_eq!(name, "3");
+    let Refused::Limit(limit) = why else {
+        panic!("{why:?}")
+    };
+    assert_eq!(limit.retry_after_ms(), Some(1_000), "one a second");
+    assert!(why.to_string().contains("again in 1.0 s"), "{why}");
+    // Another peer's copies of known names draw nothing from its allowance, nor from a's.
+    s.apply(with_limits(register("b", files(&["1", "2"])), rate), 1_000)
+        .unwrap();
+    assert_eq!(s.peer("b").unwrap().allowance, None, "b spent nothing");
+    // 999 ms later still nothing for a; at 1 s, one more.
+    let early = with_limits(heartbeat("a", files(&["3"]), vec![]), rate);
+    assert_eq!(refused(s.apply(early, 1_999).unwrap()).len(), 1);
+    let due = with_limits(heartbeat("a", files(&["3", "4"]), vec![]), rate);
+    let refusals = refused(s.apply(due, 2_000).unwrap());
+    assert_eq!(refusals.len(), 1);
+    assert_eq!(refusals[0].0, "4");
+    // Announcing a new name draws on the same allowance; refused whole when it is spent.
+    assert!(matches!(
+        s.apply(
+            with_limits(announce("a", meta("5", 1, "5"), None), rate),
+            2_000
+        ),
+        Err(StateError::Limit(Limit::NewNames { .. }))
+    ));
+    // Two minutes on, the burst is back and the allowance is not kept at all.
+    let later = with_limits(announce("a", meta("5", 1, "5"), None), rate);
+    s.apply(later, 122_000).unwrap();
+    assert!(s.peer("a").unwrap().allowance.is_some());
+    let full = with_limits(heartbeat("a", vec![], vec!["5"]), rate);
+    s.apply(full, 300_000).unwrap();
+    check_invariants(&s);
+}
+
+#[test]
+fn a_history_nobody_holds_is_forgotten_exactly_when_its_retention_is_over() {
+    let mut s = IndexState::default();
+    s.apply(register("a", files(&["old song.mp3", "kept"])), 10)
+        .unwrap();
+    s.apply(heartbeat("a", vec![], vec!["old song.mp3"]), 100)
+        .unwrap();
+    assert_eq!(s.file("old song.mp3").unwrap().orphaned_ms, Some(100));
+    assert_eq!(s.oldest_orphan_ms(), Some(100));
+    let out = forgot(s.apply(forget(99, 10), 200).unwrap());
+    assert_eq!((out.names, out.more), (0, false), "one ms short");
+    assert!(s.file("old song.mp3").is_some());
+    let out = forgot(s.apply(forget(100, 10), 200).unwrap());
+    assert_eq!((out.names, out.more), (1, false));
+    // Forgotten entirely: no history, no search result, no token.
+    assert!(s.file("old song.mp3").is_none());
+    assert!(s.search("song", 10).is_empty());
+    assert!(!s.tokens.contains_key("song"));
+    assert_eq!(s.orphan_count(), 0);
+    assert_eq!(s.file_count(), 1, "the held name stays");
+    check_invariants(&s);
+    // Held again (by a peer that kept an old copy), the name starts a new history.
+    s.apply(register("b", vec![meta("old song.mp3", 3, "v3")]), 300)
+        .unwrap();
+    assert_eq!(s.file("old song.mp3").unwrap().latest_version(), 3);
+}
+
+#[test]
+fn while_a_history_is_kept_a_stale_copy_never_comes_back_as_latest() {
+    let mut s = IndexState::default();
+    s.apply(register("a", vec![meta("doc", 1, "v1")]), 0)
+        .unwrap();
+    s.apply(register("b", vec![meta("doc", 1, "v1")]), 0)
+        .unwrap();
+    s.apply(lease("b", "doc", "L", 100), 1).unwrap();
+    s.apply(announce("b", meta("doc", 2, "v2"), Some("L")), 2)
+        .unwrap();
+    // Everyone leaves; the history is kept for its retention.
+    for id in ["a", "b"] {
+        s.apply(
+            Op::Unregister(Unregister {
+                peer_id: id.into(),
+                token_hash: hash_token(&format!("tok-{id}")),
+            }),
+            10,
+        )
+        .unwrap();
+    }
+    assert_eq!(forgot(s.apply(forget(9, 10), 50).unwrap()).names, 0);
+    // a comes back with its old copy: v2 is still the latest, and a is a stale holder.
+    s.apply(register("a", vec![meta("doc", 1, "v1")]), 60)
+        .unwrap();
+    let found = &s.search("doc", 1)[0];
+    assert_eq!(found.version, 2);
+    assert!(found.holders.is_empty());
+    assert_eq!(found.stale_holders[0].peer_id, "a");
+    // Held again, the name is no orphan: a sweep long after its first orphaning keeps it,
+    // and its time starts again when it is left again.
+    assert_eq!(forgot(s.apply(forget(1_000, 10), 1_000).unwrap()).names, 0);
+    s.apply(heartbeat("a", vec![], vec!["doc"]), 2_000).unwrap();
+    assert_eq!(forgot(s.apply(forget(1_999, 10), 2_500).unwrap()).names, 0);
+    assert_eq!(s.file("doc").unwrap().latest_version(), 2);
+    check_invariants(&s);
+}
+
+#[test]
+fn forgetting_is_bounded_per_op_and_spares_leased_names() {
+    let names: Vec<String> = (0..5).map(|i| format!("n{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut s = IndexState::default();
+    s.apply(register("a", files(&refs)), 0).unwrap();
+    s.apply(register("b", vec![]), 0).unwrap();
+    s.apply(heartbeat("a", vec![], refs.clone()), 10).unwrap();
+    // b leases n0 without holding it: someone means to publish it.
+    s.apply(lease("b", "n0", "L", 1_000), 20).unwrap();
+    let out = forgot(s.apply(forget(10, 2), 30).unwrap());
+    assert_eq!((out.names, out.kept, out.more), (1, 1, true));
+    assert_eq!(
+        s.file("n0").unwrap().orphaned_ms,
+        Some(30),
+        "its time starts again"
+    );
+    let out = forgot(s.apply(forget(10, 10), 40).unwrap());
+    assert_eq!((out.names, out.kept, out.more), (3, 0, false));
+    assert_eq!(s.file_count(), 1);
+    check_invariants(&s);
+    // Once its lease is gone, it goes a retention after it was spared.
+    s.apply(
+        Op::ReleaseLease(ReleaseLease {
+            peer_id: "b".into(),
+            token_hash: hash_token("tok-b"),
+            lease_id: "L".into(),
+        }),
+        50,
+    )
+    .unwrap();
+    assert_eq!(forgot(s.apply(forget(29, 10), 60).unwrap()).names, 0);
+    assert_eq!(forgot(s.apply(forget(30, 10), 60).unwrap()).names, 1);
+    assert_eq!(s.file_count(), 0);
+    check_invariants(&s);
+}
+
+#[test]
+fn limits_and_forgetting_replay_identically_through_the_log_and_a_snapshot() {
+    let rate = Limits {
+        max_files: Some(3),
+        new_names: Some(Rate {
+            per_minute: 6,
+            burst: 2,
+        }),
+    };
+    let ops: Vec<(Op, Millis)> = vec![
+        (
+            with_limits(register("a", files(&["x", "y z", "w"])), rate),
+            1,
+        ),
+        (with_limits(register("b", files(&["x", "q"])), rate), 2),
+        (
+            with_limits(heartbeat("a", files(&["w", "v"]), vec!["x"]), rate),
+            3,
+        ),
+        (
+            Op::Prune(Prune {
+                peers: vec!["b".into()],
+            }),
+            4,
+        ),
+        (forget(3, 1), 5),
+        (
+            with_limits(heartbeat("a", files(&["v"]), vec![]), rate),
+            20_000,
+        ),
+        (forget(4, 10), 20_001),
+    ];
+    // As the journal carries them: JSON records with their `at`.
+    let records: Vec<String> = ops
+        .iter()
+        .enumerate()
+        .map(|(i, (op, at))| {
+            serde_json::to_string(&AppliedOp {
+                seq: i as u64 + 1,
+                at: *at,
+                op: op.clone(),
+            })
+            .unwrap()
+        })
+        .collect();
+    let mut primary = IndexState::default();
+    let mut digests = Vec::new();
+    for (op, at) in ops {
+        primary.apply(op, at).unwrap();
+        digests.push(primary.digest());
+    }
+    check_invariants(&primary);
+    assert!(primary.file("x").is_none() && primary.file("q").is_none());
+    // w was refused twice (no allowance left), v at the second try.
+    let held: Vec<&str> = primary
+        .peer("a")
+        .unwrap()
+        .files
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(held, ["v", "y z"]);
+    // A replay of the records, and a shadow that took a snapshot half-way, end equal.
+    let mut replay = IndexState::default();
+    let mut shadow = IndexState::default();
+    for (i, record) in records.iter().enumerate() {
+        let op: AppliedOp = serde_json::from_str(record).unwrap();
+        replay.apply(op.op.clone(), op.at).unwrap();
+        assert_eq!(replay.digest(), digests[i]);
+        if i == 3 {
+            let json = replay.snapshot_json().unwrap();
+            shadow = IndexState::restore(serde_json::from_slice(&json).unwrap());
+        } else if i > 3 {
+            shadow.apply(op.op, op.at).unwrap();
+            assert_eq!(shadow.digest(), digests[i]);
+        }
+    }
+    check_invariants(&shadow);
+}
+
+#[test]
+fn snapshots_and_records_from_before_limits_and_retention_still_read() {
+    // Written by the index before this change: no `limits`, `orphaned_ms` or `allowance`.
+    let sha = sha256_hex(b"1");
+    let record = format!(
+        r#"{{"seq":1,"at":5,"op":{{"op":"register","peer_id":"a","token_hash":"h","addr":"x:1","files":[{{"name":"f","version":1,"size":1,"sha256":"{sha}"}}]}}}}"#
+    );
+    let op: AppliedOp = serde_json::from_str(&record).unwrap();
+    let Op::Register(r) = &op.op else {
+        panic!("{op:?}")
+    };
+    assert_eq!(r.limits, Limits::NONE);
+    let snapshot = format!(
+        r#"{{"epoch":"e","seq":3,"peers":{{"a":{{"addr":"x:1","token_hash":"h","last_seen_ms":5,"files":["f"]}}}},
+           "files":{{"f":{{"versions":{{"1":{{"size":1,"sha256":"{sha}","created_ms":5}}}},"holders":{{"a":1}}}},
+                     "gone":{{"versions":{{"1":{{"size":1,"sha256":"{sha}","created_ms":7}},"2":{{"size":1,"sha256":"{sha}","created_ms":9}}}},"holders":{{}}}}}},
+           "leases":[]}}"#
+    );
+    let s = IndexState::restore(serde_json::from_str(&snapshot).unwrap());
+    assert_eq!(s.peer("a").unwrap().allowance, None);
+    assert_eq!(s.file("f").unwrap().orphaned_ms, None);
+    // An old orphan counts from its latest version's time.
+    assert_eq!(s.file("gone").unwrap().orphaned_ms, Some(9));
+    assert_eq!(s.oldest_orphan_ms(), Some(9));
+    check_invariants(&s);
+    // Written again, it reads back the same.
+    let again = IndexState::restore(serde_json::from_slice(&s.snapshot_json().unwrap()).unwrap());
+    assert_eq!(again.digest(), s.digest());
 }
