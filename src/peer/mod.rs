@@ -225,7 +225,7 @@ impl Peer {
     fn send_register(&self, rq: RegisterRequest) -> Result<RegisterResponse, ClientError> {
         match self.index.register(&rq) {
             Ok(answer) => {
-                let fresh = self.session().register_answered(&answer);
+                let fresh = self.session().register_answered(&rq, &answer);
                 if let Some(fresh) = fresh {
                     if let Err(e) = self.store.save_identity(&fresh) {
                         log::warn!("could not save the peer identity: {e}");
@@ -246,7 +246,7 @@ impl Peer {
     fn send_heartbeat(&self, rq: HeartbeatRequest) -> Result<HeartbeatResponse, ClientError> {
         match self.index.heartbeat(&rq) {
             Ok(answer) => {
-                self.session().heartbeat_answered(&answer);
+                self.session().heartbeat_answered(&rq, &answer);
                 Ok(answer)
             }
             Err(e) => {

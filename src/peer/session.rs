@@ -96,6 +96,9 @@ pub struct Session {
     register_built_at: u64,
     /// Changes not yet reported: name -> new meta, or `None` for a removal.
     pending: BTreeMap<String, Option<FileMeta>>,
+    /// Files the index refused for a per-peer limit, to report again: after the wait it
+    /// named (`rate_limited`), or once we report a removal (`too_many_files`: at the cap).
+    held: BTreeMap<String, Held>,
     /// Tasks given up on and not yet reported, oldest first.
     failed_tasks: Vec<TaskFailure>,
     in_doubt: Vec<InDoubt>,
@@ -103,6 +106,17 @@ pub struct Session {
     /// When the agent's current round was sent (monotonic clock reading).
     round_sent: Duration,
 }
+
+/// A file refused for a per-peer limit, and when to report it again (`None`: after our next
+/// removal).
+#[derive(Debug, Clone)]
+struct Held {
+    meta: FileMeta,
+    due: Option<Duration>,
+}
+
+/// The shortest wait before a file refused as `rate_limited` is reported again.
+const MIN_RETRY: Duration = Duration::from_secs(1);
 
 impl Session {
     /// A session that has not registered yet; `identity` is the one saved by an earlier run.
@@ -115,6 +129,7 @@ impl Session {
             covered: None,
             register_built_at: 0,
             pending: BTreeMap::new(),
+            held: BTreeMap::new(),
             failed_tasks: Vec::new(),
             in_doubt: Vec::new(),
             notices: Vec::new(),
@@ -151,6 +166,7 @@ impl Session {
             }
         }
         self.pending.clear();
+        self.held.clear();
         self.register_built_at = self.losses;
         let id = self.identity.as_ref();
         Round::Register(RegisterRequest {
@@ -181,6 +197,7 @@ impl Session {
             failed: std::mem::take(&mut self.failed_tasks),
             wait_ms: wait.map(|w| w.as_millis().try_into().unwrap_or(u64::MAX)),
         };
+        self.release_held();
         for (name, meta) in std::mem::take(&mut self.pending) {
             match meta {
                 Some(meta) => rq.added.push(meta),
@@ -190,14 +207,34 @@ impl Session {
         Some(rq)
     }
 
+    /// Queues the held files whose time has come: those whose wait is over, and, when this
+    /// report removes files, those refused at the cap. A newer finding queued meanwhile wins.
+    fn release_held(&mut self) {
+        let removing = self.pending.values().any(Option::is_none);
+        let now = self.round_sent;
+        let due: Vec<String> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.due.map_or(removing, |due| due <= now))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in due {
+            if let Some(held) = self.held.remove(&name) {
+                self.pending.entry(name).or_insert(Some(held.meta));
+            }
+        }
+    }
+
     /// A rescan found `changes`; they are reported with the next heartbeat. A later finding
     /// for a name replaces an earlier one. Returns whether anything changed.
     pub fn rescanned(&mut self, changes: Changes) -> bool {
         let changed = !changes.is_empty();
         for meta in changes.added {
+            self.held.remove(&meta.name);
             self.pending.insert(meta.name.clone(), Some(meta));
         }
         for name in changes.removed {
+            self.held.remove(&name);
             self.pending.insert(name, None);
         }
         changed
@@ -216,11 +253,16 @@ impl Session {
         self.failed_tasks.push(failure);
     }
 
-    /// The index took our register. Returns the identity to save when it is new to us.
-    pub fn register_answered(&mut self, answer: &RegisterResponse) -> Option<Identity> {
+    /// The index took our register `sent`. Returns the identity to save when it is new to us.
+    pub fn register_answered(
+        &mut self,
+        sent: &RegisterRequest,
+        answer: &RegisterResponse,
+    ) -> Option<Identity> {
         self.covered = Some(self.register_built_at);
         self.interval = Duration::from_millis(answer.heartbeat_interval_ms).max(MIN_INTERVAL);
         self.note_rejected(&answer.rejected);
+        self.hold_refused(&sent.files, &answer.rejected);
         let fresh = Identity {
             peer_id: answer.peer_id.clone(),
             token: answer.token.clone(),
@@ -248,8 +290,40 @@ impl Session {
         false
     }
 
-    pub fn heartbeat_answered(&mut self, answer: &HeartbeatResponse) {
+    pub fn heartbeat_answered(&mut self, sent: &HeartbeatRequest, answer: &HeartbeatResponse) {
         self.note_rejected(&answer.rejected);
+        self.hold_refused(&sent.added, &answer.rejected);
+    }
+
+    /// Keeps the files of `sent` the index refused for a per-peer limit, to report again
+    /// (see `held`): a peer over the rate publishes them as the index lets it, not only at
+    /// its next register.
+    fn hold_refused(&mut self, sent: &[FileMeta], rejected: &[Rejected]) {
+        let limited =
+            |r: &Rejected| matches!(r.code, ErrorCode::RateLimited | ErrorCode::TooManyFiles);
+        if !rejected.iter().any(limited) {
+            return;
+        }
+        let by_name: std::collections::HashMap<&str, &FileMeta> =
+            sent.iter().map(|m| (m.name.as_str(), m)).collect();
+        for r in rejected {
+            let due = match r.code {
+                ErrorCode::RateLimited => {
+                    let wait = Duration::from_millis(r.retry_after_ms.unwrap_or(0));
+                    Some(self.round_sent + wait.max(MIN_RETRY))
+                }
+                ErrorCode::TooManyFiles => None,
+                _ => continue,
+            };
+            // A newer finding for the name, queued meanwhile, supersedes what was sent.
+            if self.pending.contains_key(&r.name) {
+                continue;
+            }
+            if let Some(meta) = by_name.get(r.name.as_str()) {
+                let meta = (*meta).clone();
+                self.held.insert(r.name.clone(), Held { meta, due });
+            }
+        }
     }
 
     /// `sent` got no answer, or a refusal: the failed tasks it carried are told again next
@@ -423,11 +497,32 @@ mod tests {
         }
     }
 
+    /// A register that listed nothing (for answers whose refusals are not under test).
+    fn nothing_sent() -> RegisterRequest {
+        RegisterRequest {
+            addr: ADDR.into(),
+            files: Vec::new(),
+            peer_id: None,
+            token: None,
+        }
+    }
+
+    fn no_heartbeat() -> HeartbeatRequest {
+        HeartbeatRequest {
+            peer_id: "p1".into(),
+            token: "t".into(),
+            added: Vec::new(),
+            removed: Vec::new(),
+            failed: Vec::new(),
+            wait_ms: None,
+        }
+    }
+
     /// A session registered as `p1` with a 1 s interval.
     fn registered() -> Session {
         let mut s = Session::new(ADDR.into(), None);
         register(&mut s, Vec::new());
-        s.register_answered(&answer(&id("p1"), 1000));
+        s.register_answered(&nothing_sent(), &answer(&id("p1"), 1000));
         assert!(!s.must_register());
         s
     }
@@ -446,7 +541,7 @@ mod tests {
         assert_eq!(rq.files, vec![meta("a", 1)]);
         assert_eq!((rq.peer_id, rq.token), (None, None));
 
-        let saved = s.register_answered(&answer(&id("p1"), 5000));
+        let saved = s.register_answered(&nothing_sent(), &answer(&id("p1"), 5000));
         assert_eq!(saved, Some(id("p1")), "a new identity is saved");
         assert_eq!(s.identity(), Some(&id("p1")));
         assert!(!s.must_register());
@@ -471,7 +566,10 @@ mod tests {
         let rq = register(&mut s, Vec::new());
         assert_eq!(rq.peer_id.as_deref(), Some("p7"));
         assert_eq!(rq.token.as_deref(), Some("token-of-p7"));
-        assert_eq!(s.register_answered(&answer(&id("p7"), 1000)), None);
+        assert_eq!(
+            s.register_answered(&nothing_sent(), &answer(&id("p7"), 1000)),
+            None
+        );
         assert_eq!(s.identity(), Some(&id("p7")));
     }
 
@@ -479,7 +577,7 @@ mod tests {
     fn an_interval_too_short_to_be_sane_is_raised() {
         let mut s = Session::new(ADDR.into(), None);
         register(&mut s, Vec::new());
-        s.register_answered(&answer(&id("p1"), 0));
+        s.register_answered(&nothing_sent(), &answer(&id("p1"), 0));
         assert_eq!(s.heartbeat_interval(), MIN_INTERVAL);
     }
 
@@ -522,7 +620,7 @@ mod tests {
     fn a_register_answered_waits_one_interval() {
         let mut s = Session::new(ADDR.into(), None);
         register(&mut s, Vec::new());
-        s.register_answered(&answer(&id("p1"), 3000));
+        s.register_answered(&nothing_sent(), &answer(&id("p1"), 3000));
         assert_eq!(s.round_ended(RoundEnd::Registered, ms(5)).wait, ms(3000));
     }
 
@@ -594,10 +692,10 @@ mod tests {
         // Meanwhile a report the register's list may not cover is lost.
         s.rescanned(found(&[meta("late", 1)], &[]));
         s.announce_failed(Failure::Unanswered);
-        s.register_answered(&answer(&id("p1"), 1000));
+        s.register_answered(&nothing_sent(), &answer(&id("p1"), 1000));
         assert!(s.must_register(), "the register in flight did not cover it");
         register(&mut s, Vec::new());
-        s.register_answered(&answer(&id("p1"), 1000));
+        s.register_answered(&nothing_sent(), &answer(&id("p1"), 1000));
         assert!(!s.must_register());
     }
 
@@ -623,7 +721,7 @@ mod tests {
         let mut s = Session::new(ADDR.into(), None);
         s.rescanned(found(&[meta("a", 1)], &["old"]));
         register(&mut s, vec![meta("a", 1)]);
-        s.register_answered(&answer(&id("p1"), 1000));
+        s.register_answered(&nothing_sent(), &answer(&id("p1"), 1000));
         let hb = heartbeat(&mut s, Duration::ZERO);
         assert!(hb.added.is_empty() && hb.removed.is_empty(), "{hb:?}");
     }
@@ -658,7 +756,7 @@ mod tests {
             vec![failure("t1"), failure("t2")],
             "oldest first"
         );
-        s.heartbeat_answered(&HeartbeatResponse::default());
+        s.heartbeat_answered(&no_heartbeat(), &HeartbeatResponse::default());
         assert!(
             heartbeat(&mut s, ms(1)).failed.is_empty(),
             "told once answered"
@@ -672,7 +770,7 @@ mod tests {
         s.task_failed(failure("t1"));
         assert!(s.report().is_none());
         register(&mut s, Vec::new());
-        s.register_answered(&answer(&id("p1"), 1000));
+        s.register_answered(&nothing_sent(), &answer(&id("p1"), 1000));
         assert_eq!(
             s.report().map(|r| r.failed),
             Some(vec![failure("t1")]),
@@ -760,24 +858,27 @@ mod tests {
             code: ErrorCode::Conflict,
             retry_after_ms: None,
         });
-        s.register_answered(&first);
-        s.heartbeat_answered(&HeartbeatResponse {
-            tasks: vec![Task {
-                task_id: "t".into(),
-                file: "x".into(),
-                version: 1,
-                sha256: "a".repeat(64),
-                size: 1,
-                sources: Vec::new(),
-            }],
-            rejected: vec![Rejected {
-                name: "new".into(),
-                reason: "no lease".into(),
-                status: 409,
-                code: ErrorCode::LeaseRequired,
-                retry_after_ms: None,
-            }],
-        });
+        s.register_answered(&nothing_sent(), &first);
+        s.heartbeat_answered(
+            &no_heartbeat(),
+            &HeartbeatResponse {
+                tasks: vec![Task {
+                    task_id: "t".into(),
+                    file: "x".into(),
+                    version: 1,
+                    sha256: "a".repeat(64),
+                    size: 1,
+                    sources: Vec::new(),
+                }],
+                rejected: vec![Rejected {
+                    name: "new".into(),
+                    reason: "no lease".into(),
+                    status: 409,
+                    code: ErrorCode::LeaseRequired,
+                    retry_after_ms: None,
+                }],
+            },
+        );
         assert_eq!(
             s.take_notices(),
             vec![
@@ -794,13 +895,72 @@ mod tests {
             code: ErrorCode::TooManyFiles,
             retry_after_ms: None,
         };
-        s.heartbeat_answered(&HeartbeatResponse {
-            tasks: Vec::new(),
-            rejected: (0..5000).map(|n| over(format!("f{n}"))).collect(),
-        });
+        s.heartbeat_answered(
+            &no_heartbeat(),
+            &HeartbeatResponse {
+                tasks: Vec::new(),
+                rejected: (0..5000).map(|n| over(format!("f{n}"))).collect(),
+            },
+        );
         assert_eq!(
             s.take_notices(),
             vec!["the index refused 5000 files (f0, f1, f2, ...): this peer already holds 3 names"]
         );
+    }
+
+    fn limited(name: &str, code: ErrorCode, retry_after_ms: Option<u64>) -> Rejected {
+        Rejected {
+            name: name.into(),
+            reason: "over a limit".into(),
+            status: code.status(),
+            code,
+            retry_after_ms,
+        }
+    }
+
+    /// Files refused for a per-peer limit are reported again: after the wait the index
+    /// named, or (at the cap) with our next removal; not before, and not if a newer finding
+    /// for the name came meanwhile.
+    #[test]
+    fn files_refused_for_a_limit_are_reported_again_when_the_index_may_take_them() {
+        let mut s = registered();
+        s.rescanned(found(
+            &[meta("fast", 1), meta("capped", 1), meta("newer", 1)],
+            &[],
+        ));
+        let sent = heartbeat(&mut s, ms(1000));
+        assert_eq!(sent.added.len(), 3);
+        s.heartbeat_answered(
+            &sent,
+            &HeartbeatResponse {
+                tasks: Vec::new(),
+                rejected: vec![
+                    limited("fast", ErrorCode::RateLimited, Some(5000)),
+                    limited("capped", ErrorCode::TooManyFiles, None),
+                    limited("newer", ErrorCode::RateLimited, Some(5000)),
+                ],
+            },
+        );
+        // A newer finding for one of them replaces what is held.
+        s.rescanned(found(&[meta("newer", 2)], &[]));
+        let next = heartbeat(&mut s, ms(2000));
+        assert_eq!(next.added, vec![meta("newer", 2)]);
+        // Not before the wait is over.
+        assert!(heartbeat(&mut s, ms(5999)).added.is_empty());
+        assert_eq!(heartbeat(&mut s, ms(6000)).added, vec![meta("fast", 1)]);
+        // The capped one waits for a removal of ours.
+        assert!(heartbeat(&mut s, ms(60_000)).added.is_empty());
+        s.rescanned(found(&[], &["old"]));
+        let freed = heartbeat(&mut s, ms(61_000));
+        assert_eq!(freed.added, vec![meta("capped", 1)]);
+        assert_eq!(freed.removed, vec!["old".to_string()]);
+        // A register lists everything anew: nothing stays held.
+        s.hold_refused(
+            &[meta("x", 1)],
+            &[limited("x", ErrorCode::TooManyFiles, None)],
+        );
+        s.lost();
+        register(&mut s, vec![meta("x", 1)]);
+        assert!(s.held.is_empty());
     }
 }
