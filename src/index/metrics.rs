@@ -270,7 +270,7 @@ pub fn render(metrics: &Metrics, s: &Snapshot) -> String {
         gauge(
             &mut out,
             "nap_connections_open",
-            "Client connections open for more than one look of the warden (100 ms or more), as it last counted them.",
+            "Client connections open at the warden's last look (it looks every 100 ms or more).",
             c.open,
         );
         gauge(

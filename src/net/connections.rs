@@ -77,8 +77,7 @@ pub const MAX_HEAD: u64 = 64 * 1024;
 /// Counters of what the limit did, for metrics and status pages.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
-    /// Connections open for over a look (100 ms) at the warden's last look (0 where it
-    /// cannot look).
+    /// Connections open at the warden's last look (0 where it cannot look).
     pub open: usize,
     pub in_flight: usize,
     pub max: usize,
@@ -376,13 +375,12 @@ struct Warden {
     slot: Slot,
     port: u16,
     listener_ino: u64,
-    /// Our connections open for more than a look, by socket inode: the peer's address and
-    /// when first seen.
+    /// Our connections, by socket inode: the peer's address and when first seen.
     ours: HashMap<u64, Seen>,
     /// Other sockets (outgoing connections, other listeners), so they are inspected once.
     others: HashSet<u64>,
-    /// Sockets seen once and not yet inspected (when first seen, and a descriptor): most
-    /// connections end within one look, and are never inspected at all.
+    /// Sockets that could not be inspected when seen (when first seen, and a descriptor):
+    /// asked about again at the next look.
     fresh: HashMap<u64, (Instant, i32)>,
     /// The last look failed (said once, not every 100 ms).
     failing: bool,
@@ -470,13 +468,15 @@ impl Warden {
                 live.entry(ino).or_insert(fd);
             } else if self.others.contains(&ino) {
                 others_live.insert(ino);
-            } else if let Some((first, _)) = self.fresh.get(&ino) {
-                // Open since the last look: worth a look at what it is.
+            } else {
+                // New since the last look (or not told apart then): inspected at once, so a
+                // head too large is seen within one look of the connection's start.
+                let first = self.fresh.get(&ino).map_or_else(Instant::now, |(f, _)| *f);
                 match inspect(&mut self.slot, fd, ino, self.port) {
                     Ok(Some(peer)) => {
                         let seen = Seen {
                             peer,
-                            first: *first,
+                            first,
                             fd,
                             closing: false,
                             quiet: None,
@@ -487,13 +487,11 @@ impl Warden {
                     Ok(None) => {
                         others_live.insert(ino);
                     }
-                    // Could not tell (no descriptor to spare): ask again next look.
+                    // Could not tell now: ask again next look.
                     Err(_) => {
-                        fresh.insert(ino, (*first, fd));
+                        fresh.insert(ino, (first, fd));
                     }
                 }
-            } else {
-                fresh.entry(ino).or_insert((Instant::now(), fd));
             }
         }
         self.fresh = fresh;
@@ -814,9 +812,7 @@ mod tests {
         let (idle_server, _) = listener.accept().unwrap();
         let (busy_server, _) = listener.accept().unwrap();
         let busy = c.begin(Some(busy_client.local_addr().unwrap())).unwrap();
-        // Counted from their second look on.
-        warden.look(&c).unwrap();
-        assert_eq!(c.counts().open, 0);
+        // Counted from the first look that sees them.
         warden.look(&c).unwrap();
         assert_eq!(c.counts().open, 2);
         let deadline = Instant::now() + Duration::from_secs(20);
