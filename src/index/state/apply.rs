@@ -283,9 +283,6 @@ impl IndexState {
 
     /// Records a holding already checked by `check_holding`.
     fn add_holding(&mut self, peer_id: &str, file: FileMeta, now: Millis) {
-        if !self.files.contains_key(&file.name) {
-            self.index_name(&file.name);
-        }
         let entry = self.files.entry(file.name.clone()).or_default();
         entry
             .versions
@@ -298,7 +295,9 @@ impl IndexState {
         if entry.holders.is_empty() {
             self.held_files += 1;
         }
-        entry.holders.insert(peer_id.to_string(), file.version);
+        let before = entry.holders.insert(peer_id.to_string(), file.version);
+        self.search
+            .holding_changed(&file.name, entry, before, Some(file.version));
         self.touched.mark(&file.name);
         if let Some(peer) = self.peers.get_mut(peer_id) {
             peer.files.insert(file.name);
@@ -315,10 +314,11 @@ impl IndexState {
     /// Removes `peer_id` from the holders of `name`, keeping the held-file count true.
     fn release(&mut self, peer_id: &str, name: &str) {
         if let Some(entry) = self.files.get_mut(name) {
-            if entry.holders.remove(peer_id).is_some() {
+            if let Some(before) = entry.holders.remove(peer_id) {
                 if entry.holders.is_empty() {
                     self.held_files -= 1;
                 }
+                self.search.holding_changed(name, entry, Some(before), None);
                 self.touched.mark(name);
             }
         }

@@ -22,6 +22,7 @@ use crate::hashing::{hex, sha256_hex};
 use crate::protocol::FileMeta;
 pub use op::*;
 pub use search::tokenize;
+use search::SearchIndex;
 
 /// One version of a file as the index first learned it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,8 +80,8 @@ pub struct IndexState {
     seq: u64,
     peers: HashMap<String, Peer>,
     files: HashMap<String, FileEntry>,
-    /// Lowercase name token -> names containing it; keyword search never scans all files.
-    tokens: HashMap<String, HashSet<String>>,
+    /// Held names by token, in rank order: derived from `files`, rebuilt on restore.
+    search: SearchIndex,
     /// Names with at least one holder, kept up to date so `/status` never counts.
     held_files: usize,
     leases: LeaseTable,
@@ -129,7 +130,7 @@ impl IndexState {
             seq: 0,
             peers: HashMap::with_capacity(peers),
             files: HashMap::with_capacity(files),
-            tokens: HashMap::with_capacity(files),
+            search: SearchIndex::with_capacity(files),
             held_files: 0,
             leases: LeaseTable::default(),
             touched: Touched::All,
@@ -244,12 +245,12 @@ impl IndexState {
         state.seq = snapshot.seq;
         state.peers = snapshot.peers.into_iter().collect();
         for (name, entry) in snapshot.files {
-            state.index_name(&name);
             if !entry.holders.is_empty() {
                 state.held_files += 1;
             }
             state.files.insert(name, entry);
         }
+        state.search = SearchIndex::rebuild(state.files.iter());
         state.leases = LeaseTable::from_leases(snapshot.leases);
         state
     }
