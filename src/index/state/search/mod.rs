@@ -61,8 +61,9 @@ pub(super) const SCAN_BUDGET: usize = 65_536;
 
 /// Most matches of an intersection of bitmaps taken from it at once and ranked directly,
 /// rather than found by walking the driver (for more, walking is cheaper: they are common
-/// enough in the driver to be met early).
-pub(super) const COLLECT_FIRST: u64 = 4_096;
+/// enough in the driver to be met early). Smaller in the unit tests, like the postings'
+/// shapes, so that both ways are taken with a few thousand names.
+pub(super) const COLLECT_FIRST: u64 = if cfg!(test) { 256 } else { 4_096 };
 
 /// Most matches of an intersection of bitmaps taken from it and ranked directly after a walk
 /// ran out of budget (matches common overall but rare at the front of the driver).
@@ -284,7 +285,7 @@ impl SearchIndex {
         self.latest[at] = latest;
         let tokens = self.token_ids_of(&name, |_| {});
         for &token in tokens.iter() {
-            self.postings[token as usize].insert(key, &self.rank);
+            self.postings[token as usize].insert(key, self.rank.len());
         }
         self.name_tokens[at] = tokens;
         self.names[at] = Some(name.clone());
@@ -298,7 +299,7 @@ impl SearchIndex {
         };
         let key = self.rank[at];
         for &token in self.name_tokens[at].iter() {
-            self.postings[token as usize].remove(key, &self.rank);
+            self.postings[token as usize].remove(key, self.rank.len());
         }
         // A token no held name has any more goes, and its id is reused: churn through
         // ever-new names must not grow the vocabulary for good.
@@ -381,18 +382,23 @@ impl SearchIndex {
     }
 
     /// The best `limit` of `ids`, in rank order.
-    fn best(&self, ids: impl Iterator<Item = u32>, limit: usize) -> Vec<u32> {
-        let mut keys: Vec<RankKey> = ids.map(|id| self.rank[id as usize]).collect();
-        if limit == 0 {
-            return Vec::new();
-        }
-        if keys.len() > limit {
-            keys.select_nth_unstable(limit);
-            keys.truncate(limit);
-        }
-        keys.sort_unstable();
-        keys.into_iter().map(RankKey::id).collect()
+    fn best_of_ids(&self, ids: impl Iterator<Item = u32>, limit: usize) -> Vec<u32> {
+        best(ids.map(|id| self.rank[id as usize]), limit)
     }
+}
+
+/// The best `limit` of `keys`, in rank order, as ids.
+fn best(keys: impl Iterator<Item = RankKey>, limit: usize) -> Vec<u32> {
+    if limit == 0 {
+        return Vec::new();
+    }
+    let mut keys: Vec<RankKey> = keys.collect();
+    if keys.len() > limit {
+        keys.select_nth_unstable(limit);
+        keys.truncate(limit);
+    }
+    keys.sort_unstable();
+    keys.into_iter().map(RankKey::id).collect()
 }
 
 impl Matches {
@@ -425,15 +431,17 @@ impl Query<'_> {
 
     /// One token: its posting is the matches, ranked already when it is large.
     fn one_token(&self) -> Matches {
-        let ids = match self.driver.ranked() {
-            Some(keys) => keys
+        let ids = match (self.driver.ranked(), self.driver.few()) {
+            (Some(keys), _) => keys
                 .map(RankKey::id)
                 .filter(|&id| self.listed(id))
                 .take(self.limit)
                 .collect(),
-            None => self
-                .index
-                .best(self.driver.ids().filter(|&id| self.listed(id)), self.limit),
+            (None, Some(keys)) => best(
+                keys.iter().copied().filter(|k| self.listed(k.id())),
+                self.limit,
+            ),
+            (None, None) => Vec::new(),
         };
         Matches {
             ids,
@@ -463,8 +471,36 @@ impl Query<'_> {
     fn collect(&self, bitmaps: &[&Bits], total: u64) -> Matches {
         let ids = and_ids(bitmaps).filter(|&id| self.listed(id));
         Matches {
-            ids: self.index.best(ids, self.limit),
+            ids: self.index.best_of_ids(ids, self.limit),
             total,
+            exact: true,
+        }
+    }
+
+    /// A short-list driver: every member that has the other tokens, counted and ranked. When
+    /// the next smallest posting is a short list too, the two are merged by id first (two
+    /// sequential reads), so that the checks run only on the names they share.
+    fn short_driver(&self, driver: &[RankKey]) -> Matches {
+        let second = self.others.first().and_then(|&t| {
+            let posting = &self.index.postings[t as usize];
+            posting.bits().is_none().then(|| posting.few()).flatten()
+        });
+        let matched: Vec<RankKey> = match second {
+            Some(second) => merge_by_id(driver, second)
+                .filter(|k| self.index.has_all(k.id(), &self.others[1..]))
+                .collect(),
+            None => driver
+                .iter()
+                .copied()
+                .filter(|k| self.index.has_all(k.id(), self.others))
+                .collect(),
+        };
+        Matches {
+            total: matched.len() as u64,
+            ids: best(
+                matched.into_iter().filter(|k| self.listed(k.id())),
+                self.limit,
+            ),
             exact: true,
         }
     }
@@ -475,19 +511,7 @@ impl Query<'_> {
     /// in the answer: the whole driver was seen.
     fn walk(&self, total: Option<u64>) -> Matches {
         let Some(keys) = self.driver.ranked() else {
-            let matched: Vec<u32> = self
-                .driver
-                .ids()
-                .filter(|&id| self.index.has_all(id, self.others))
-                .collect();
-            return Matches {
-                total: matched.len() as u64,
-                ids: self.index.best(
-                    matched.into_iter().filter(|&id| self.listed(id)),
-                    self.limit,
-                ),
-                exact: true,
-            };
+            return self.short_driver(self.driver.few().unwrap_or_default());
         };
         let mut ids = Vec::new();
         let mut counted = 0u64;
@@ -515,6 +539,31 @@ impl Query<'_> {
             exact,
         }
     }
+}
+
+/// The keys of `a` whose ids are also in `b`, both sorted by id: a merge that gallops ahead
+/// in `b` (steps of 1, 2, 4, ... then a binary search), so that it costs about the shorter
+/// list when the two differ much in size, and a plain merge when they do not.
+fn merge_by_id<'a>(a: &'a [RankKey], b: &'a [RankKey]) -> impl Iterator<Item = RankKey> + 'a {
+    let mut rest = b;
+    a.iter().copied().filter(move |key| {
+        let id = key.id();
+        // Everything in `rest` below `id` is below every later key of `a` too.
+        rest = &rest[gallop(rest, id)..];
+        rest.first().is_some_and(|k| k.id() == id)
+    })
+}
+
+/// The first position in `keys` (sorted by id) whose id is not below `id`.
+fn gallop(keys: &[RankKey], id: u32) -> usize {
+    let mut end = 1;
+    while end < keys.len() && keys[end - 1].id() < id {
+        end *= 2;
+    }
+    // keys[..end / 2] are all below `id`; the answer is at most min(end, len).
+    let start = end / 2;
+    let end = end.min(keys.len());
+    start + keys[start..end].partition_point(|k| k.id() < id)
 }
 
 /// How many ids are in every one of `bitmaps`.

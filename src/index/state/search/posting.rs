@@ -1,10 +1,12 @@
-//! One token's posting: the held names containing it, as name ids, kept in whichever shape
-//! its size calls for. It owns no names and no counts: ranks come in as [`RankKey`]s from
-//! the search index, which keeps each name's current key.
+//! One token's posting: the held names containing it, as their rank keys, kept in whichever
+//! shape its size calls for. It owns no names and no counts: keys come in from the search
+//! index, which keeps each name's current key.
 //!
-//! - **Few** (at most [`FEW_MAX`] names): an unordered `Vec<u32>`, 4 bytes a name. A query
-//!   driven by such a token looks at every name in it (a few microseconds), so its order is
-//!   not worth keeping, and a holder count changing costs it nothing.
+//! - **Few** (at most [`FEW_MAX`] names): the keys in a `Vec` sorted by name id. A query
+//!   driven by such a token reads all of it, sequentially (64 KiB at most), ranking as it
+//!   goes; two small postings intersect by a merge of their id orders, without touching
+//!   anything else; membership is a binary search; a holder count changing rewrites one key
+//!   in place.
 //! - **Ranked** (more): a `BTreeSet<RankKey>` in rank order, best first, so that a query
 //!   takes its best names from the front and stops as soon as it has enough. A name whose
 //!   holder count changes moves in each ranked posting it is in (one `u128` B-tree removal
@@ -16,8 +18,9 @@
 
 use std::collections::BTreeSet;
 
-/// Largest posting kept unordered.
-pub(super) const FEW_MAX: usize = 1024;
+/// Largest posting kept as a plain sorted list. The unit tests use a smaller one, so that a
+/// few thousand names take postings through every shape (the code is the same).
+pub(super) const FEW_MAX: usize = if cfg!(test) { 64 } else { 4096 };
 
 /// A name's place in the ranking as one integer: more up-to-date holders first (the count is
 /// stored inverted), then name order (the name's label, see `order`), then its id (so a key
@@ -60,7 +63,8 @@ pub(super) fn dense_min(ids: usize) -> usize {
 
 #[derive(Debug)]
 enum Members {
-    Few(Vec<u32>),
+    /// Sorted by id.
+    Few(Vec<RankKey>),
     Ranked(BTreeSet<RankKey>),
 }
 
@@ -81,20 +85,21 @@ impl Default for Posting {
 
 impl Posting {
     /// A posting of `keys` (any order), shaped for its size among `ids` ids in use.
-    pub fn from_keys(keys: Vec<RankKey>, ids: usize) -> Posting {
+    pub fn from_keys(mut keys: Vec<RankKey>, ids: usize) -> Posting {
         let mut posting = Posting::default();
         if keys.len() <= FEW_MAX {
-            posting.members = Members::Few(keys.iter().map(|k| k.id()).collect());
+            keys.sort_unstable_by_key(|k| k.id());
+            posting.members = Members::Few(keys);
         } else {
             posting.members = Members::Ranked(keys.into_iter().collect());
         }
-        posting.reshape(ids, &[]);
+        posting.reshape(ids);
         posting
     }
 
     pub fn len(&self) -> usize {
         match &self.members {
-            Members::Few(ids) => ids.len(),
+            Members::Few(keys) => keys.len(),
             Members::Ranked(keys) => keys.len(),
         }
     }
@@ -103,11 +108,14 @@ impl Posting {
         self.len() == 0
     }
 
-    /// Adds a name by its current key. `rank` is every id's current key (read only when the
-    /// posting grows out of its unordered shape).
-    pub fn insert(&mut self, key: RankKey, rank: &[RankKey]) {
+    /// Adds a name by its current key; `ids` is how many ids are in use.
+    pub fn insert(&mut self, key: RankKey, ids: usize) {
         match &mut self.members {
-            Members::Few(ids) => ids.push(key.id()),
+            Members::Few(keys) => {
+                if let Err(at) = keys.binary_search_by_key(&key.id(), |k| k.id()) {
+                    keys.insert(at, key);
+                }
+            }
             Members::Ranked(keys) => {
                 keys.insert(key);
             }
@@ -115,15 +123,15 @@ impl Posting {
         if let Some(bits) = &mut self.dense {
             bits.set(key.id());
         }
-        self.reshape(rank.len(), rank);
+        self.reshape(ids);
     }
 
     /// Removes a name by its current key.
-    pub fn remove(&mut self, key: RankKey, rank: &[RankKey]) {
+    pub fn remove(&mut self, key: RankKey, ids: usize) {
         match &mut self.members {
-            Members::Few(ids) => {
-                if let Some(at) = ids.iter().position(|&id| id == key.id()) {
-                    ids.swap_remove(at);
+            Members::Few(keys) => {
+                if let Ok(at) = keys.binary_search_by_key(&key.id(), |k| k.id()) {
+                    keys.remove(at);
                 }
             }
             Members::Ranked(keys) => {
@@ -133,29 +141,38 @@ impl Posting {
         if let Some(bits) = &mut self.dense {
             bits.clear(key.id());
         }
-        self.reshape(rank.len(), rank);
+        self.reshape(ids);
     }
 
-    /// A member's key changed (its holder count, or its label): only a ranked posting cares.
+    /// A member's key changed (its holder count, or its label).
     pub fn rekey(&mut self, old: RankKey, new: RankKey) {
-        if let Members::Ranked(keys) = &mut self.members {
-            if keys.remove(&old) {
-                keys.insert(new);
+        match &mut self.members {
+            Members::Few(keys) => {
+                if let Ok(at) = keys.binary_search_by_key(&old.id(), |k| k.id()) {
+                    keys[at] = new;
+                }
+            }
+            Members::Ranked(keys) => {
+                if keys.remove(&old) {
+                    keys.insert(new);
+                }
             }
         }
     }
 
     /// Changes shape when the size calls for it, with some slack either way so that a
     /// posting at a boundary does not flip back and forth.
-    fn reshape(&mut self, ids: usize, rank: &[RankKey]) {
+    fn reshape(&mut self, ids: usize) {
         let len = self.len();
         match &mut self.members {
-            Members::Few(few) if len > FEW_MAX => {
-                let keys = few.iter().map(|&id| rank[id as usize]).collect();
-                self.members = Members::Ranked(keys);
+            Members::Few(keys) if len > FEW_MAX => {
+                self.members = Members::Ranked(keys.drain(..).collect());
             }
             Members::Ranked(keys) if len < FEW_MAX / 2 => {
-                self.members = Members::Few(keys.iter().map(|k| k.id()).collect());
+                // The set iterates in rank order; the list is in id order.
+                let mut few: Vec<RankKey> = keys.iter().copied().collect();
+                few.sort_unstable_by_key(|k| k.id());
+                self.members = Members::Few(few);
                 self.dense = None;
             }
             _ => {}
@@ -173,9 +190,16 @@ impl Posting {
         }
     }
 
-    /// Whether `id` is a member, when the posting can tell in O(1) (it is dense).
+    /// Whether `id` is a member, when the posting can tell cheaply: a bit of its bitmap, or a
+    /// binary search in its short list. `None` for a large posting without a bitmap.
     pub fn quick_contains(&self, id: u32) -> Option<bool> {
-        self.dense.as_ref().map(|bits| bits.get(id))
+        if let Some(bits) = &self.dense {
+            return Some(bits.get(id));
+        }
+        match &self.members {
+            Members::Few(keys) => Some(keys.binary_search_by_key(&id, |k| k.id()).is_ok()),
+            Members::Ranked(_) => None,
+        }
     }
 
     pub fn bits(&self) -> Option<&Bits> {
@@ -190,22 +214,34 @@ impl Posting {
         }
     }
 
+    /// The members by id, when the posting is a short list.
+    pub fn few(&self) -> Option<&[RankKey]> {
+        match &self.members {
+            Members::Few(keys) => Some(keys),
+            Members::Ranked(_) => None,
+        }
+    }
+
     /// Every member's id, in no particular order.
     pub fn ids(&self) -> Box<dyn Iterator<Item = u32> + '_> {
         match &self.members {
-            Members::Few(ids) => Box::new(ids.iter().copied()),
+            Members::Few(keys) => Box::new(keys.iter().map(|k| k.id())),
             Members::Ranked(keys) => Box::new(keys.iter().map(|k| k.id())),
         }
     }
 
-    /// Checks the shape and, for a ranked posting, that each key is its id's current key
-    /// (tests).
+    /// Checks the shape, and that each key is its id's current key (tests).
     #[cfg(test)]
     pub fn check(&self, rank: &[RankKey]) {
-        match &self.members {
-            Members::Few(ids) => {
-                assert!(ids.len() <= FEW_MAX, "unordered posting of {}", ids.len());
-                assert!(self.dense.is_none(), "an unordered posting with a bitmap");
+        let keys: Vec<RankKey> = match &self.members {
+            Members::Few(keys) => {
+                assert!(keys.len() <= FEW_MAX, "short list of {}", keys.len());
+                assert!(self.dense.is_none(), "a short list with a bitmap");
+                assert!(
+                    keys.windows(2).all(|w| w[0].id() < w[1].id()),
+                    "list out of order"
+                );
+                keys.clone()
             }
             Members::Ranked(keys) => {
                 assert!(
@@ -213,14 +249,11 @@ impl Posting {
                     "ranked posting of {}",
                     keys.len()
                 );
-                for key in keys {
-                    assert_eq!(
-                        *key,
-                        rank[key.id() as usize],
-                        "stale key in a ranked posting"
-                    );
-                }
+                keys.iter().copied().collect()
             }
+        };
+        for key in keys {
+            assert_eq!(key, rank[key.id() as usize], "stale key in a posting");
         }
         if let Some(bits) = &self.dense {
             assert_eq!(bits.count(), self.len(), "bitmap and members disagree");
