@@ -5,9 +5,10 @@
 //!         [--files-per-peer 1000] [--clients 8] [--seconds 5] [--workers 4]
 //!         [--old-index PATH] [--only state|http]
 //!
-//! The files are "track NNN of peer P.mp3" for even NNN and "demo NNN of peer P.mp3" for odd
-//! ones, `--files-per-peer` per peer: every file has `mp3`, `of` and `peer`, half `track` and
-//! half `demo` (never both), `NNN` one per peer.
+//! The files are "KIND NNN of peer P side S.mp3", `--files-per-peer` per peer (NNN counts
+//! them): KIND is `track` for even NNN and `demo` for odd ones, S is `a` for the first half of
+//! a peer's files and `b` for the rest. Every file has `mp3`, `of`, `peer` and `side`; half
+//! have `track` and half `demo` (never both), half `a` and half `b`; `NNN` is one per peer.
 //!
 //! **State** (this build only): the index state in this process, filled by applying one
 //! register op per peer, then each kind of query alone in a loop. A search holds the state's
@@ -72,13 +73,14 @@ impl FromStr for Part {
     }
 }
 
-fn file_name(peer: usize, file: usize) -> String {
+fn file_name(peer: usize, file: usize, per_peer: usize) -> String {
     let kind = if file.is_multiple_of(2) {
         "track"
     } else {
         "demo"
     };
-    format!("{kind} {file:03} of peer {peer}.mp3")
+    let side = if file < per_peer / 2 { "a" } else { "b" };
+    format!("{kind} {file:03} of peer {peer} side {side}.mp3")
 }
 
 fn file_meta(name: String, n: usize) -> FileMeta {
@@ -92,7 +94,7 @@ fn file_meta(name: String, n: usize) -> FileMeta {
 
 fn peer_files(peer: usize, per_peer: usize) -> Vec<FileMeta> {
     (0..per_peer)
-        .map(|f| file_meta(file_name(peer, f), f))
+        .map(|f| file_meta(file_name(peer, f, per_peer), f))
         .collect()
 }
 
@@ -179,7 +181,7 @@ fn state_rows(args: &Args, files: usize) {
     println!("|---|---|---:|---:|---:|---:|---:|");
     let mut rng = Rng::new(7);
     let exact_names: Vec<String> = (0..1000)
-        .map(|_| file_name(rng.below(peers), rng.below(per_peer)))
+        .map(|_| file_name(rng.below(peers), rng.below(per_peer), per_peer))
         .collect();
     let exact = |i: usize| exact_names[i % exact_names.len()].clone();
     let rows: Vec<(String, &str)> = vec![
@@ -192,6 +194,12 @@ fn state_rows(args: &Args, files: usize) {
         (
             "track demo".into(),
             "two tokens of half the files each, no match",
+        ),
+        (
+            "side b track".into(),
+            "the worst case: the driver `b` (half the files) ranks its `demo` files before \
+             all the matches, so the walk runs out of budget and the matches are taken from \
+             the bitmaps",
         ),
         ("nothing".into(), "an unknown token"),
     ];
@@ -435,7 +443,7 @@ fn http_rows(args: &Args, builds: &[(String, PathBuf)]) {
                 if broad.total_exact { "exact" } else { "not given or a lower bound" },
             ));
             let exact_url = |rng: &mut Rng| {
-                let name = file_name(rng.below(peers), rng.below(per_peer));
+                let name = file_name(rng.below(peers), rng.below(per_peer), per_peer);
                 format!("{url}/search?q={}&limit=50", protocol::url_encode(&name))
             };
             let broad_url = format!("{url}/search?q=mp3&limit=50");

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use super::order::NameOrder;
-use super::posting::FEW_MAX;
+use super::posting::{RankKey, FEW_MAX};
 use super::*;
 use crate::index::state::tests::meta;
 use crate::index::state::{hash_token, AcquireLease, Announce, Heartbeat, Op, Register};
@@ -522,6 +522,29 @@ fn a_restored_state_answers_the_same() {
         agrees(&two, query, 30);
     }
     two.search.check(two.files.iter());
+}
+
+/// The buffered top-k picks what a full sort would, whatever order the keys come in.
+#[test]
+fn best_of_many_keys_is_the_front_of_the_sorted_keys() {
+    let mut rng = Rng(99);
+    let random: Vec<RankKey> = (0..10_000)
+        .map(|id| RankKey::new(rng.below(5) as u32, rng.below(1 << 40) as u64, id))
+        .collect();
+    let mut descending = random.clone();
+    descending.sort_unstable_by(|a, b| b.cmp(a));
+    let mut ascending = random.clone();
+    ascending.sort_unstable();
+    for keys in [&random, &descending, &ascending] {
+        for limit in [0, 1, 2, 7, 50, 1_000, 10_000, 20_000] {
+            let want: Vec<u32> = ascending.iter().take(limit).map(|k| k.id()).collect();
+            assert_eq!(
+                super::best(keys.iter().copied(), limit),
+                want,
+                "limit {limit}"
+            );
+        }
+    }
 }
 
 /// Inserts `names` in order into an empty name order; returns it with the labels, the names
