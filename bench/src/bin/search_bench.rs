@@ -121,7 +121,7 @@ fn main() {
             support::binary("nap-index", "search_bench"),
         )];
         if let Some(old) = &args.old_index {
-            builds.push((format!("old ({})", old.display()), old.clone()));
+            builds.push(("old".to_string(), old.clone()));
         }
         http_rows(&args, &builds);
     }

@@ -168,7 +168,7 @@ impl SearchIndex {
         for (((name, id), (_, entry)), label) in names.into_iter().zip(&held).zip(labels) {
             let latest = entry.latest_version();
             let key = RankKey::new(up_to_date(entry, latest), label, id);
-            let tokens = index.token_ids_of(&name, |_| {});
+            let tokens = index.token_ids_of(&name);
             for &token in tokens.iter() {
                 let token = token as usize;
                 if members.len() <= token {
@@ -213,14 +213,18 @@ impl SearchIndex {
             Some(id) if entry.holders.is_empty() => self.remove(id),
             Some(id) => {
                 let at = id as usize;
-                let holders = if self.latest[at] == latest {
-                    // Only this peer's holding changed, and the latest version did not.
-                    let old = self.rank[at].holders();
-                    old + u32::from(after == Some(latest)) - u32::from(before == Some(latest))
-                } else {
-                    self.latest[at] = latest;
-                    up_to_date(entry, latest)
-                };
+                // Only this peer's holding changed: while the latest version stays, the count
+                // moves by this holding alone. A new latest version (or a count that would
+                // go below zero, which a missed change would cause) is counted afresh.
+                let delta = (self.latest[at] == latest)
+                    .then(|| {
+                        let old = self.rank[at].holders();
+                        old.checked_add(u32::from(after == Some(latest)))?
+                            .checked_sub(u32::from(before == Some(latest)))
+                    })
+                    .flatten();
+                self.latest[at] = latest;
+                let holders = delta.unwrap_or_else(|| up_to_date(entry, latest));
                 self.set_holders(id, holders);
             }
         }
@@ -238,9 +242,8 @@ impl SearchIndex {
         self.rank[id as usize] = new;
     }
 
-    /// The sorted distinct token ids of `name`, creating the tokens it is the first to have
-    /// (`created` is told of each).
-    fn token_ids_of(&mut self, name: &str, mut created: impl FnMut(u32)) -> Box<[u32]> {
+    /// The sorted distinct token ids of `name`, creating the tokens it is the first to have.
+    fn token_ids_of(&mut self, name: &str) -> Box<[u32]> {
         let mut ids: Vec<u32> = tokenize(name)
             .map(|token| {
                 if let Some(&id) = self.token_ids.get(token.as_str()) {
@@ -254,7 +257,6 @@ impl SearchIndex {
                     }
                 };
                 self.token_ids.insert(token.into_boxed_str(), id);
-                created(id);
                 id
             })
             .collect();
@@ -292,7 +294,7 @@ impl SearchIndex {
         let at = id as usize;
         self.rank[at] = key;
         self.latest[at] = latest;
-        let tokens = self.token_ids_of(&name, |_| {});
+        let tokens = self.token_ids_of(&name);
         for &token in tokens.iter() {
             self.postings[token as usize].insert(key, self.rank.len());
         }

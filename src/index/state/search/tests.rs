@@ -524,6 +524,22 @@ fn a_restored_state_answers_the_same() {
     two.search.check(two.files.iter());
 }
 
+/// A change reported twice (or one never reported) cannot drive a holder count below zero:
+/// the count is taken afresh from the entry instead.
+#[test]
+fn a_miscounted_holding_is_counted_afresh() {
+    let mut s = IndexState::default();
+    s.apply(register("p1", vec![v1("one x")]), 0).unwrap();
+    let entry = s.files["one x"].clone();
+    let mut index = SearchIndex::rebuild(s.files.iter());
+    // "p1 dropped v1" reported twice while the entry still lists it.
+    index.holding_changed("one x", &entry, Some(1), None);
+    index.holding_changed("one x", &entry, Some(1), None);
+    index.check(s.files.iter());
+    let found = index.keyword_matches("x", 10, None);
+    assert_eq!((found.total, found.ids.len()), (1, 1));
+}
+
 /// The buffered top-k picks what a full sort would, whatever order the keys come in.
 #[test]
 fn best_of_many_keys_is_the_front_of_the_sorted_keys() {
