@@ -198,8 +198,16 @@ fn run_search(args: Search) -> i32 {
             0
         }
         Ok(found) => {
-            if found.results.is_empty() {
+            if found.results.is_empty() && found.total == 0 {
                 println!("No match for {:?}", args.text);
+            }
+            // The count goes to stderr: a script reading the lines sees results only.
+            let shown = found.results.len() as u64;
+            if found.total > shown {
+                eprintln!(
+                    "{shown} of {}, best first (--limit N lists more)",
+                    nap::peer::shell::matches(found.total, found.total_exact)
+                );
             }
             for r in found.results {
                 let holders: Vec<&str> = r.holders.iter().map(|h| h.addr.as_str()).collect();

@@ -272,9 +272,16 @@ pub struct SearchResult {
     pub stale_holders: Vec<Holder>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SearchResponse {
     pub results: Vec<SearchResult>,
+    /// How many files match the query in all, listed or not: exact when `total_exact`, else
+    /// a lower bound (the index stopped counting at its scan budget). An index older than
+    /// these fields sends neither, which reads as "at least 0": true, and says nothing.
+    #[serde(default)]
+    pub total: u64,
+    #[serde(default)]
+    pub total_exact: bool,
 }
 
 /// Answer of a peer's `GET /status` (on its file server): who it is, which index it uses,

@@ -179,6 +179,58 @@ fn conflicting_content_under_one_version_is_refused() {
     assert_eq!(announce.status, 409, "{}", announce.body);
 }
 
+/// A search lists the best `limit` matches (exact name first, then the most up-to-date
+/// holders, then by name) and says how many there are in all.
+#[test]
+fn search_lists_the_best_and_counts_them_all() {
+    let index = start_index(&[]);
+    let url = &index.url;
+    let songs = (0..60)
+        .map(|i| file_entry(&format!("song {i:02}.mp3"), 1, &format!("s{i}")))
+        .collect();
+    identity(url, 9001, songs);
+    identity(
+        url,
+        9002,
+        vec![
+            file_entry("song 42.mp3", 1, "s42"),
+            file_entry("song", 1, "x"),
+        ],
+    );
+    let answer = get(&format!("{url}/search?q=song&limit=5")).json();
+    let names: Vec<&str> = answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "song",
+            "song 42.mp3",
+            "song 00.mp3",
+            "song 01.mp3",
+            "song 02.mp3"
+        ]
+    );
+    assert_eq!(
+        (answer["total"].clone(), answer["total_exact"].clone()),
+        (json!(61), json!(true))
+    );
+    // limit=0 only counts; an unknown word matches nothing, exactly.
+    let count = get(&format!("{url}/search?q=MP3&limit=0")).json();
+    assert_eq!(
+        count,
+        json!({"results": [], "total": 60, "total_exact": true})
+    );
+    let none = get(&format!("{url}/search?q=song+nothing")).json();
+    assert_eq!(
+        none,
+        json!({"results": [], "total": 0, "total_exact": true})
+    );
+}
+
 #[test]
 fn a_restarted_peer_keeps_its_identity_and_a_restarted_index_relearns_peers() {
     let index = start_index(&[]);

@@ -102,8 +102,11 @@ fn shell_driven_by_a_pipe_runs_to_the_end() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
     fs::write(a.path().join("notes.md"), b"# notes").unwrap();
+    for i in 0..55 {
+        fs::write(a.path().join(format!("song {i:02}.txt")), format!("{i}")).unwrap();
+    }
     let _pa = start_peer(a.path(), &index.url, true, &[]);
-    let script = "search notes\nget notes.md\nlist\nget ../../etc/passwd\nbogus\n";
+    let script = "search notes\nsearch song\nget notes.md\nlist\nget ../../etc/passwd\nbogus\n";
     let mut pb = start_peer(b.path(), &index.url, false, &[]);
     pb.proc.send(script.trim_end());
     pb.proc.close_stdin();
@@ -112,6 +115,12 @@ fn shell_driven_by_a_pipe_runs_to_the_end() {
     pb.proc.wait_stdout("unknown command");
     let text = pb.proc.stdout_lines().join("\n");
     assert!(text.contains("Found 1 match: notes.md (v1"), "{text}");
+    // The shell lists 50 and says how many there are.
+    assert!(
+        text.contains("Found 50 of 55 matches, best first"),
+        "{text}"
+    );
+    assert!(text.contains("  song 00.txt (v1"), "{text}");
     assert!(text.contains("Downloaded notes.md v1"), "{text}");
     assert!(text.contains("1 file(s) in"), "{text}");
     assert!(text.contains("not a valid file name"), "{text}");

@@ -130,10 +130,26 @@ fn search(peer: &Peer, text: &str, out: &mut impl Write) -> io::Result<()> {
         .search(text, crate::protocol::DEFAULT_SEARCH_LIMIT)
     {
         Ok(found) => match found.results.as_slice() {
-            [] => writeln!(out, "No match for {text:?}"),
-            [one] => writeln!(out, "Found 1 match: {}", describe(one)),
+            [] if found.total == 0 => writeln!(out, "No match for {text:?}"),
+            [] => writeln!(
+                out,
+                "No match listed for {text:?}, of {}: the index gave up ranking them; \
+                 add words to narrow the search",
+                matches(found.total, found.total_exact)
+            ),
+            [one] if found.total <= 1 => writeln!(out, "Found 1 match: {}", describe(one)),
             many => {
-                writeln!(out, "Found {} matches:", many.len())?;
+                let shown = many.len() as u64;
+                if found.total <= shown {
+                    // All of them (or an index too old to count them).
+                    writeln!(out, "Found {shown} matches:")?;
+                } else {
+                    writeln!(
+                        out,
+                        "Found {shown} of {}, best first (add words to narrow the search):",
+                        matches(found.total, found.total_exact)
+                    )?;
+                }
                 for r in many {
                     writeln!(out, "  {}", describe(r))?;
                 }
@@ -142,6 +158,26 @@ fn search(peer: &Peer, text: &str, out: &mut impl Write) -> io::Result<()> {
         },
         Err(e) => writeln!(out, "search failed: {e}"),
     }
+}
+
+/// "100,000 matches", or "at least 100,000 matches" when the index stopped counting.
+pub fn matches(total: u64, exact: bool) -> String {
+    let bound = if exact { "" } else { "at least " };
+    let noun = if total == 1 { "match" } else { "matches" };
+    format!("{bound}{} {noun}", thousands(total))
+}
+
+/// `n` with its digits in groups of three: 100000 -> "100,000".
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
 }
 
 /// A download progress line for large files. It goes to stderr, and only to a terminal: a
@@ -343,5 +379,20 @@ fn status(peer: &Peer, out: &mut impl Write) -> io::Result<()> {
             s.seq
         ),
         Err(e) => writeln!(out, "index: unreachable ({e})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn match_counts_read_well() {
+        assert_eq!(matches(0, true), "0 matches");
+        assert_eq!(matches(1, true), "1 match");
+        assert_eq!(matches(999, true), "999 matches");
+        assert_eq!(matches(1_000, true), "1,000 matches");
+        assert_eq!(matches(100_000, true), "100,000 matches");
+        assert_eq!(matches(1_234_567, false), "at least 1,234,567 matches");
     }
 }

@@ -5,8 +5,7 @@ use super::reply::{ApiError, Reply};
 use super::validate;
 use crate::index::Index;
 use crate::protocol::{
-    self, FileInfoResponse, HealthResponse, HolderVersion, LeaseInfo, SearchResponse,
-    StatusResponse, VersionEntry,
+    self, FileInfoResponse, HealthResponse, HolderVersion, LeaseInfo, StatusResponse, VersionEntry,
 };
 
 pub fn file_info(index: &Index, query: &str) -> Result<Reply, ApiError> {
@@ -75,8 +74,8 @@ pub fn search(index: &Index, query: &str) -> Result<Reply, ApiError> {
         }
     }
     let text = text.ok_or_else(|| ApiError::bad_request("missing query parameter q"))?;
-    let results = index.read().search(&text, limit);
-    Ok(Reply::json(200, &SearchResponse { results }))
+    let found = index.read().search_counted(&text, limit);
+    Ok(Reply::json(200, &found))
 }
 
 /// `GET /status`; with `?digest=1` also the state digest (it costs a pass over the state).

@@ -250,8 +250,9 @@ impl IndexState {
                 kept += 1;
                 continue;
             }
+            // The search index lists held names only: it dropped this one when its last
+            // holder left.
             self.files.remove(&name);
-            self.forget_name(&name);
             names += 1;
         }
         super::shrink_if_sparse(&mut self.files);
@@ -390,9 +391,6 @@ impl IndexState {
 
     /// Records a holding already checked by `check_holding` (and `within_limits`).
     fn add_holding(&mut self, peer_id: &str, file: FileMeta, now: Millis) {
-        if !self.files.contains_key(&file.name) {
-            self.index_name(&file.name);
-        }
         let entry = self.files.entry(file.name.clone()).or_default();
         entry
             .versions
@@ -408,7 +406,9 @@ impl IndexState {
                 self.orphans.remove(&(since, file.name.clone()));
             }
         }
-        entry.holders.insert(peer_id.to_string(), file.version);
+        let before = entry.holders.insert(peer_id.to_string(), file.version);
+        self.search
+            .holding_changed(&file.name, entry, before, Some(file.version));
         self.touched.mark(&file.name);
         if let Some(peer) = self.peers.get_mut(peer_id) {
             peer.files.insert(file.name);
@@ -426,12 +426,13 @@ impl IndexState {
     /// last holder leaving at `now` starts the history's retention.
     fn release(&mut self, peer_id: &str, name: &str, now: Millis) {
         if let Some(entry) = self.files.get_mut(name) {
-            if entry.holders.remove(peer_id).is_some() {
+            if let Some(before) = entry.holders.remove(peer_id) {
                 if entry.holders.is_empty() {
                     self.held_files -= 1;
                     entry.orphaned_ms = Some(now);
                     self.orphans.insert((now, name.to_string()));
                 }
+                self.search.holding_changed(name, entry, Some(before), None);
                 self.touched.mark(name);
             }
         }

@@ -25,6 +25,7 @@ use crate::protocol::FileMeta;
 pub use limits::{Allowance, Limit, Limits, Rate};
 pub use op::*;
 pub use search::tokenize;
+use search::SearchIndex;
 pub use vec_map::VecMap;
 
 /// One version of a file as the index first learned it.
@@ -93,8 +94,8 @@ pub struct IndexState {
     seq: u64,
     peers: HashMap<String, Peer>,
     files: HashMap<String, FileEntry>,
-    /// Lowercase name token -> names containing it; keyword search never scans all files.
-    tokens: HashMap<String, HashSet<String>>,
+    /// Held names by token, in rank order: derived from `files`, rebuilt on restore.
+    search: SearchIndex,
     /// Names with at least one holder, kept up to date so `/status` never counts.
     held_files: usize,
     /// The names no peer holds, by the time their last holder left (`FileEntry::orphaned_ms`):
@@ -160,7 +161,7 @@ impl IndexState {
             seq: 0,
             peers: HashMap::with_capacity(peers),
             files: HashMap::with_capacity(files),
-            tokens: HashMap::with_capacity(files),
+            search: SearchIndex::with_capacity(files),
             held_files: 0,
             orphans: BTreeSet::new(),
             leases: LeaseTable::default(),
@@ -286,7 +287,6 @@ impl IndexState {
         state.seq = snapshot.seq;
         state.peers = snapshot.peers.into_iter().collect();
         for (name, mut entry) in snapshot.files {
-            state.index_name(&name);
             if entry.holders.is_empty() {
                 // A snapshot from before orphan times were kept: the latest version's time
                 // is the last the name is known to have been held (and the same everywhere).
@@ -302,6 +302,7 @@ impl IndexState {
             }
             state.files.insert(name, entry);
         }
+        state.search = SearchIndex::rebuild(state.files.iter());
         state.leases = LeaseTable::from_leases(snapshot.leases);
         state
     }

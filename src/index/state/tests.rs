@@ -540,10 +540,8 @@ fn check_invariants(s: &IndexState) {
             assert!(s.peers[id].files.contains(name), "{name} lists {id}");
             assert!(entry.versions.contains_key(version));
         }
-        for token in tokenize(name) {
-            assert!(s.tokens[&token].contains(name));
-        }
     }
+    s.search.check(s.files.iter());
     for (file, lease) in s.leases().canonical() {
         assert_eq!(file, lease.file);
         assert!(s.files.contains_key(file), "lease on unknown {file}");
