@@ -10,7 +10,7 @@ use super::order::NameOrder;
 use super::posting::{RankKey, FEW_MAX};
 use super::*;
 use crate::index::state::tests::meta;
-use crate::index::state::{hash_token, AcquireLease, Announce, Heartbeat, Op, Register};
+use crate::index::state::{hash_token, AcquireLease, Announce, Heartbeat, Limits, Op, Register};
 use crate::index::state::{Prune, Unregister};
 use crate::protocol::FileMeta;
 
@@ -24,6 +24,7 @@ fn register(peer: &str, files: Vec<FileMeta>) -> Op {
         token_hash: token_of(peer),
         addr: format!("10.0.0.1:{}", 1000 + peer.len()),
         files,
+        limits: Limits::NONE,
     })
 }
 
@@ -33,6 +34,7 @@ fn heartbeat(peer: &str, added: Vec<FileMeta>, removed: Vec<String>) -> Op {
         token_hash: token_of(peer),
         added,
         removed,
+        limits: Limits::NONE,
     })
 }
 
@@ -63,6 +65,7 @@ fn publish(s: &mut IndexState, peer: &str, name: &str, version: u64) {
             token_hash: token_of(peer),
             file: meta(name, version, &format!("{name} v{version}")),
             lease_id: Some(lease_id),
+            limits: Limits::NONE,
         }),
         0,
     )
