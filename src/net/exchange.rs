@@ -8,7 +8,8 @@
 //! - `Call::answer` writes the answer itself (tiny_http's raw writer): head and the start of
 //!   the body in one write (no wait for the client's delayed ACK), `Connection: close`
 //!   whenever tiny_http will close after it (the client asked, or HTTP/1.0), and the body at
-//!   the same pace, so a client that does not read is cut.
+//!   the same pace, so a client that does not read is cut (a write that blocks ends with the
+//!   send timeout accepted sockets inherit from the listener).
 //! - A request whose body was left unread cannot be answered that way (tiny_http first reads
 //!   the rest of the body, however long that takes): it is answered through tiny_http and
 //!   its connection is cut right after (`Busy::doom`).
@@ -17,7 +18,7 @@ use std::io::{self, Read, Write};
 use std::ops::Deref;
 use std::time::{Duration, Instant};
 
-use super::connections::{Busy, Direction, MIN_RATE};
+use super::connections::{Busy, MIN_RATE};
 
 /// What a body or an answer may take: no gap of `timeout` without a byte moving, and in
 /// every `timeout` from the start (a window) at least `timeout` x `MIN_RATE` bytes. Counted
@@ -148,8 +149,7 @@ impl Call {
         let mut body = Vec::with_capacity(self.request.body_length().unwrap_or(0).min(limit));
         let mut piece = vec![0u8; PIECE.min(limit + 1)];
         let result = loop {
-            self.busy
-                .set_deadline(Direction::Reading, Some(pace.deadline()));
+            self.busy.set_read_deadline(Some(pace.deadline()));
             match self.request.as_reader().read(&mut piece) {
                 // The end: of the body, or of the connection (cut by the warden past the
                 // deadline, or closed by the client) before all of it came.
@@ -183,7 +183,7 @@ impl Call {
                 Err(e) => break Err(BodyError::Broken(e)),
             }
         };
-        self.busy.set_deadline(Direction::Reading, None);
+        self.busy.set_read_deadline(None);
         match result {
             Ok(()) => {
                 self.body_done = true;
@@ -221,22 +221,21 @@ impl Call {
         let mut head = answer.head(closes);
         let timeout = busy.limits().request_timeout;
         let mut pace = Pace::start(timeout, Instant::now());
-        busy.set_deadline(Direction::Writing, Some(pace.deadline()));
         // Dropping the request here reads nothing more: its body is done.
         let mut out = request.into_writer();
         let result = (|| {
             let mut body = answer.body;
             if head_only || !answer.status.has_body() {
-                return write_paced(&mut out, &head, &mut pace, &busy);
+                return write_paced(&mut out, &head, &mut pace);
             }
             match &mut body {
                 Body::Bytes(bytes) => {
                     // Head and body in one write when small: one segment, no ACK to wait for.
                     let first = bytes.len().min(PIECE);
                     head.extend_from_slice(&bytes[..first]);
-                    write_paced(&mut out, &head, &mut pace, &busy)?;
+                    write_paced(&mut out, &head, &mut pace)?;
                     for piece in bytes[first..].chunks(PIECE) {
-                        write_paced(&mut out, piece, &mut pace, &busy)?;
+                        write_paced(&mut out, piece, &mut pace)?;
                     }
                     Ok(())
                 }
@@ -255,18 +254,17 @@ impl Call {
                         }
                         left -= n as u64;
                         pending.extend_from_slice(&piece[..n]);
-                        write_paced(&mut out, &pending, &mut pace, &busy)?;
+                        write_paced(&mut out, &pending, &mut pace)?;
                         pending.clear();
                     }
                     if !pending.is_empty() {
-                        write_paced(&mut out, &pending, &mut pace, &busy)?;
+                        write_paced(&mut out, &pending, &mut pace)?;
                     }
                     Ok(())
                 }
             }
         })();
         let flushed = result.and_then(|()| out.flush());
-        busy.set_deadline(Direction::Writing, None);
         if let Err(e) = &flushed {
             if Instant::now() >= pace.deadline() {
                 busy.count_slow();
@@ -296,10 +294,6 @@ impl Call {
                 response.add_header(h);
             }
         }
-        busy.set_deadline(
-            Direction::Writing,
-            Some(Instant::now() + busy.limits().request_timeout),
-        );
         let sent = request.respond(response);
         drop(busy);
         sent
@@ -326,7 +320,7 @@ fn has_body(request: &tiny_http::Request) -> bool {
 }
 
 /// Writes `bytes` whole, moving the deadline as they go out.
-fn write_paced(out: &mut impl Write, bytes: &[u8], pace: &mut Pace, busy: &Busy) -> io::Result<()> {
+fn write_paced(out: &mut impl Write, bytes: &[u8], pace: &mut Pace) -> io::Result<()> {
     let mut rest = bytes;
     while !rest.is_empty() {
         match out.write(rest) {
@@ -341,7 +335,6 @@ fn write_paced(out: &mut impl Write, bytes: &[u8], pace: &mut Pace, busy: &Busy)
                         "the client reads the answer too slowly",
                     ));
                 }
-                busy.set_deadline(Direction::Writing, Some(pace.deadline()));
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),

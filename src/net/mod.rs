@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-pub use connections::{Busy, Connections, Counts, Direction, Limits, MAX_HEAD, MIN_RATE};
+pub use connections::{Busy, Connections, Counts, Limits, MAX_HEAD, MIN_RATE};
 pub use exchange::{Answer, Body, BodyError, Call, Status};
 pub use pool::{Elastic, Permit, Permits};
 

@@ -17,8 +17,8 @@
 //!     grace) while more than `max` are open, the longest idle first;
 //!   - one receiving a head (bytes arrive, no request yet: `TCP_INFO`) for `request_timeout`
 //!     or of more than `MAX_HEAD` bytes;
-//!   - one whose request is past the deadline its thread set for its body or its answer
-//!     (`Busy::set_deadline`, see `exchange`), or whose unread body was given up (`doom`);
+//!   - one whose request is past the deadline its thread set for its body
+//!     (`Busy::set_read_deadline`, see `exchange`), or whose unread body was given up (`doom`);
 //!   - for each new connection waiting in tiny_http's queue for a thread (DESIGN.md, defect
 //!     1), one that holds a thread for nothing: idle, or a body that has stalled.
 //!
@@ -113,12 +113,12 @@ pub struct Connections {
 struct Activity {
     requests: u32,
     last: Instant,
-    /// When the body being read must have moved by (see `exchange::Pace`).
+    /// When the body being read must have moved by (see `exchange::Pace`). Answers need no
+    /// such deadline here: the send timeout the listener passes on to accepted sockets ends
+    /// a write that blocks, and the writing thread checks the pace between writes.
     reading: Option<Instant>,
     /// When the body being read last moved.
     read_moved: Instant,
-    /// When the answer being written must have moved by.
-    writing: Option<Instant>,
     /// To be cut at the warden's next look: a body was left unread, and tiny_http would
     /// otherwise read the rest of it, however long it takes, before the connection ends.
     doomed: bool,
@@ -127,9 +127,7 @@ struct Activity {
 impl Activity {
     /// Past a deadline, or doomed: the warden cuts it even with a request in flight.
     fn overdue(&self, now: Instant) -> bool {
-        self.doomed
-            || self.reading.is_some_and(|d| d <= now)
-            || self.writing.is_some_and(|d| d <= now)
+        self.doomed || self.reading.is_some_and(|d| d <= now)
     }
 }
 
@@ -138,13 +136,6 @@ pub enum Taken {
     Placed(Call),
     /// No place was left: to be answered 503.
     Refused(Call),
-}
-
-/// Which way a request's bytes move, for the deadline the warden enforces.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    Reading,
-    Writing,
 }
 
 /// A request's place among those in flight; freed when dropped.
@@ -163,7 +154,6 @@ impl Drop for Busy {
                 a.last = Instant::now();
                 if a.requests == 0 {
                     a.reading = None;
-                    a.writing = None;
                     a.doomed = false;
                 }
             }
@@ -177,16 +167,13 @@ impl Busy {
         self.conns.limits
     }
 
-    /// Sets (or with `None` clears) the time by which this request's bytes must have moved
-    /// `direction`; past it the warden cuts the connection, even in the middle of a blocked
-    /// read or write.
-    pub fn set_deadline(&self, direction: Direction, deadline: Option<Instant>) {
-        self.update(|a| match direction {
-            Direction::Reading => {
-                a.reading = deadline;
-                a.read_moved = Instant::now();
-            }
-            Direction::Writing => a.writing = deadline,
+    /// Sets (or with `None` clears) the time by which this request's body must have moved;
+    /// past it the warden cuts the connection, even in the middle of a blocked read (nothing
+    /// else bounds one: a receive timeout cannot be passed on from the listener).
+    pub fn set_read_deadline(&self, deadline: Option<Instant>) {
+        self.update(|a| {
+            a.reading = deadline;
+            a.read_moved = Instant::now();
         });
     }
 
@@ -254,7 +241,6 @@ impl Connections {
             last: Instant::now(),
             reading: None,
             read_moved: Instant::now(),
-            writing: None,
             doomed: false,
         });
         a.requests += 1;

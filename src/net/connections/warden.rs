@@ -355,7 +355,7 @@ fn inspect(slot: &mut Slot, fd: i32, ino: u64, port: u16) -> io::Result<Option<S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::connections::{Direction, Limits};
+    use crate::net::connections::Limits;
 
     /// The warden counts a server's connections, closes idle ones, leaves busy ones.
     #[test]
@@ -445,15 +445,12 @@ mod tests {
         let busy_slow = c.begin(Some(slow.local_addr().unwrap())).unwrap();
         let busy_doomed = c.begin(Some(doomed.local_addr().unwrap())).unwrap();
         let busy_on_time = c.begin(Some(on_time.local_addr().unwrap())).unwrap();
-        busy_on_time.set_deadline(
-            Direction::Writing,
-            Some(Instant::now() + Duration::from_secs(600)),
-        );
+        busy_on_time.set_read_deadline(Some(Instant::now() + Duration::from_secs(600)));
         warden.look(&c).unwrap();
         warden.look(&c).unwrap();
         assert_eq!(c.counts().open, 4);
 
-        busy_slow.set_deadline(Direction::Reading, Some(Instant::now()));
+        busy_slow.set_read_deadline(Some(Instant::now()));
         wait_cut(&mut warden, &c, &slow);
         assert_eq!(c.counts().closed_slow, 1);
 
