@@ -372,50 +372,13 @@ fn heartbeat_body(id: &Id) -> String {
 // ---------------------------------------------------------------------------------------
 // Stalled requests against a primary, its shadow and a real peer.
 
-/// How a hostile client stalls its request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stall {
-    /// A chunked body: one chunk, then nothing (no end chunk).
-    Chunked,
-    /// `Content-Length: 100000`, and none of it.
-    Withheld,
-    /// A head sent one byte a second, never finished.
-    Trickle,
-}
+use nap_harness::{Stall, WITHHELD};
 
-const WITHHELD: u64 = 100_000;
-
-impl Stall {
-    /// What is sent at once on connecting (of a trickle, its first byte).
-    fn opening(self) -> Vec<u8> {
-        let head =
-            "POST /register HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n";
-        match self {
-            Stall::Chunked => {
-                let part = r#"{"addr": "127.0.0.1:1", "files": ["#;
-                format!(
-                    "{head}Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{part}\r\n",
-                    part.len()
-                )
-                .into_bytes()
-            }
-            Stall::Withheld => format!("{head}Content-Length: {WITHHELD}\r\n\r\n").into_bytes(),
-            Stall::Trickle => vec![Stall::trickled(0)],
-        }
-    }
-
-    /// Byte `n` of a trickled head: a request line and headers that never end.
-    fn trickled(n: usize) -> u8 {
-        const START: &[u8] = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Trickle: ";
-        START.get(n).copied().unwrap_or(b'a')
-    }
-
-    /// How long the contract lets one such connection live.
-    fn bound(self) -> Duration {
-        match self {
-            Stall::Withheld => cut_bound(WITHHELD),
-            Stall::Chunked | Stall::Trickle => cut_bound(0),
-        }
+/// How long the contract lets one connection stalled this way live.
+fn stall_bound(stall: Stall) -> Duration {
+    match stall {
+        Stall::Withheld => cut_bound(WITHHELD),
+        Stall::Chunked | Stall::Trickle => cut_bound(0),
     }
 }
 
@@ -433,7 +396,7 @@ struct Ended {
 /// Keeps one stalled connection to `addr` open until `until`: whenever the server ends one,
 /// the next is opened. The last one opened is followed to its end, or to its bound.
 fn stall_connections(stall: Stall, addr: &str, until: Instant) -> Vec<Ended> {
-    let bound = stall.bound();
+    let bound = stall_bound(stall);
     let mut ended = Vec::new();
     while Instant::now() < until {
         let started = Instant::now();
@@ -557,7 +520,7 @@ fn stalled_clients_leave_the_pair_responsive(stall: Stall) {
             "a {stall:?} connection to {} was still open after {:.1} s (bound {:.1} s){}",
             e.addr,
             e.held.as_secs_f64(),
-            stall.bound().as_secs_f64(),
+            stall_bound(stall).as_secs_f64(),
             e.answer
                 .as_ref()
                 .map(|a| format!(", after an answer {a:?}"))

@@ -428,7 +428,6 @@ mod hostile {
     const STALL_PROBING: Duration = Duration::from_secs(10);
     /// From opening the stalls to the first probe, so they are in place.
     const STALL_SETTLE: Duration = Duration::from_millis(250);
-    const WITHHELD: u64 = 100_000;
 
     /// Huge head: the most sent, the longest a write may block.
     const HEAD_BYTES: u64 = 300 << 20;
@@ -620,40 +619,16 @@ mod hostile {
     // -----------------------------------------------------------------------------------
     // 1. Stalled bodies
 
-    #[derive(Clone, Copy)]
-    enum Stall {
-        /// A chunked body: one chunk, then nothing.
-        Chunked,
-        /// `Content-Length: 100000`, and none of it.
-        Withheld,
-    }
+    use nap_harness::Stall;
 
-    impl Stall {
-        fn opening(self) -> Vec<u8> {
-            let head = "POST /register HTTP/1.1\r\nHost: 127.0.0.1\r\n\
-                        Content-Type: application/json\r\n";
-            match self {
-                Stall::Chunked => {
-                    let part = r#"{"addr": "127.0.0.1:1", "files": ["#;
-                    format!(
-                        "{head}Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{part}\r\n",
-                        part.len()
-                    )
-                    .into_bytes()
-                }
-                Stall::Withheld => format!("{head}Content-Length: {WITHHELD}\r\n\r\n").into_bytes(),
-            }
-        }
-
-        /// A new connection stalling this way, if one can be opened.
-        fn open(self, addr: &SocketAddr) -> Option<TcpStream> {
-            let mut stream = TcpStream::connect_timeout(addr, PROBE_WAIT).ok()?;
-            let _ = stream.set_nodelay(true);
-            let _ = stream.set_write_timeout(Some(PROBE_WAIT));
-            stream.write_all(&self.opening()).ok()?;
-            stream.set_nonblocking(true).ok()?;
-            Some(stream)
-        }
+    /// A new connection stalling this way, if one can be opened.
+    fn open(stall: Stall, addr: &SocketAddr) -> Option<TcpStream> {
+        let mut stream = TcpStream::connect_timeout(addr, PROBE_WAIT).ok()?;
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(PROBE_WAIT));
+        stream.write_all(&stall.opening()).ok()?;
+        stream.set_nonblocking(true).ok()?;
+        Some(stream)
     }
 
     /// True if the index has ended `stream` (closed it, reset it, or answered: a 408 is
@@ -681,7 +656,7 @@ mod hostile {
                     if stream.take().is_some() {
                         cut.fetch_add(1, Ordering::Relaxed);
                     }
-                    *stream = stall.open(addr);
+                    *stream = open(*stall, addr);
                 }
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -708,7 +683,7 @@ mod hostile {
         let stalls: Vec<(Stall, Option<TcpStream>)> = [Stall::Chunked, Stall::Withheld]
             .into_iter()
             .flat_map(|stall| std::iter::repeat_n(stall, STALLED_EACH))
-            .map(|stall| (stall, stall.open(&addr)))
+            .map(|stall| (stall, open(stall, &addr)))
             .collect();
         let opened = stalls.iter().filter(|(_, s)| s.is_some()).count();
         std::thread::sleep(STALL_SETTLE);

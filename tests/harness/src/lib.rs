@@ -11,6 +11,7 @@
 //! API as JSON (`serde_json::Value`) and knows the binaries only by the lines they print.
 //! Helpers that only tests or only benches need stay in their own crates.
 
+mod hostile;
 mod http;
 mod nodes;
 mod process;
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+pub use hostile::{Stall, WITHHELD};
 pub use http::{
     agent, agent_with, api_agent, call, get, get_json, post, post_json, raw_status, Answer,
 };
