@@ -1170,3 +1170,60 @@ fn keep_alive_clients_connecting_at_once_are_each_answered_promptly() {
         late.join("\n")
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// A request head that never ends, sent as fast as the server takes it.
+
+/// The most the index's memory may grow by while one client sends a head without end (the
+/// warden cuts within a look; tiny_http holds what it read by then).
+const HEAD_MEMORY_BOUND_KIB: u64 = 128 * 1024;
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_head_without_end_is_cut_and_bounds_the_index_memory() {
+    let index = start_index(&index_timeout_flags());
+    let addr = host(&index.url).to_string();
+    let pid = index.proc.pid();
+    let before = peak_rss_kib(pid);
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
+        .unwrap();
+    // Up to 1 GiB, as fast as the index takes it: the cut must come long before.
+    let piece = vec![b'a'; 1 << 20];
+    let mut sent: u64 = 0;
+    let started = Instant::now();
+    while sent < 1 << 30 && started.elapsed() < DEADLINE {
+        match stream.write(&piece) {
+            Ok(n) if n > 0 => sent += n as u64,
+            _ => break,
+        }
+    }
+    assert!(
+        sent < 1 << 30,
+        "the index took 1 GiB of one request head without cutting it"
+    );
+    // It answers others at once, and its memory grew by a bounded amount.
+    let (reply, _) = ask(&addr, &request("GET", "/health", None, true), PROMPT)
+        .unwrap_or_else(|e| panic!("/health after the huge head: {e}"));
+    assert_eq!(reply.status, 200);
+    let grew = peak_rss_kib(pid).saturating_sub(before);
+    assert!(
+        grew < HEAD_MEMORY_BOUND_KIB,
+        "the index's peak memory grew by {grew} KiB for one head ({} MiB sent)",
+        sent >> 20
+    );
+}
