@@ -873,8 +873,6 @@ fn alive(index: &mut Proc, when: &str) {
 
 #[test]
 fn a_flood_of_idle_sockets_is_shed_and_the_index_serves_on() {
-    use std::os::unix::process::CommandExt;
-
     // This process holds the flood: as many sockets as it may, up to 3,000.
     let ours = nap::net::connections::raise_open_files().unwrap();
     let flood = ours.saturating_sub(1024).min(3000) as usize;
@@ -889,19 +887,7 @@ fn a_flood_of_idle_sockets_is_shed_and_the_index_serves_on() {
     args.extend(index_timeout_flags());
     let mut command = nap_harness::index_command(Path::new(index_bin()), "127.0.0.1:0", &args);
     command.env("RUST_LOG", "info");
-    // SAFETY: setrlimit is async-signal-safe, and the closure touches nothing else.
-    unsafe {
-        command.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: FLOOD_FILES,
-                rlim_max: FLOOD_FILES,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    nap_harness::limit_open_files(&mut command, FLOOD_FILES);
     let mut index = Proc::start("index", &mut command);
     let line = index.wait_stdout(nap_harness::INDEX_LISTENING);
     let url = line.rsplit(' ').next().unwrap().to_string();
@@ -1179,14 +1165,7 @@ fn keep_alive_clients_connecting_at_once_are_each_answered_promptly() {
 const HEAD_MEMORY_BOUND_KIB: u64 = 128 * 1024;
 
 fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    nap_harness::memory_kib(pid).map_or(0, |(_, peak)| peak)
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::str::FromStr;
 use std::time::Duration;
 
-pub use nap_harness::{get_json, poll, post_json, Fleet, ProcId};
+pub use nap_harness::{get_json, memory_kib, poll, post_json, Fleet, ProcId};
 
 /// `name` (`nap-index` or `nap-peer`) from target/<profile>/, where the bench programs are
 /// built too. Run by `cargo run` (which builds the bench and the nap library, not nap's
@@ -71,19 +71,6 @@ fn build_binaries_once(profile_dir: &Path, bench: &str) {
             std::process::exit(2);
         }
     });
-}
-
-/// Resident and peak resident memory of process `pid`, in KiB, from /proc (Linux).
-pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |key: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(key))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kib| kib.parse::<u64>().ok())
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 /// A small xorshift generator for file contents, pauses and the load's choices (no

@@ -406,7 +406,6 @@ fn exchange(stream: &mut TcpStream, request: &[u8], buf: &mut Vec<u8>) -> (u16, 
 mod hostile {
     use std::io::{ErrorKind, Read, Write};
     use std::net::{SocketAddr, TcpStream};
-    use std::os::unix::process::CommandExt;
     use std::path::Path;
     use std::process::Command;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -895,19 +894,7 @@ mod hostile {
         let first = format!("up to {flood} idle sockets");
         let mut fleet = Fleet::new("nap-hostile-");
         let mut command = command(bin, &["--max-connections", FLOOD_MAX_CONNECTIONS]);
-        // SAFETY: setrlimit is async-signal-safe, and the closure touches nothing else.
-        unsafe {
-            command.pre_exec(|| {
-                let limit = libc::rlimit {
-                    rlim_cur: FLOOD_FILES,
-                    rlim_max: FLOOD_FILES,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        nap_harness::limit_open_files(&mut command, FLOOD_FILES);
         let (id, addr) = match launch(&mut fleet, command) {
             Ok(started) => started,
             Err(why) => return failed_row(&first, &why, 4),

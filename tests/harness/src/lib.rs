@@ -13,6 +13,7 @@
 
 mod hostile;
 mod http;
+mod limits;
 mod nodes;
 mod process;
 
@@ -24,6 +25,7 @@ pub use hostile::{Stall, WITHHELD};
 pub use http::{
     agent, agent_with, api_agent, call, get, get_json, post, post_json, raw_status, Answer,
 };
+pub use limits::{limit_open_files, memory_kib};
 pub use nodes::{
     addrs, free_port, index_command, primary_args, shadow_args, start_index, start_pair,
     start_peer, start_primary, start_shadow, wait_in_sync, Addrs, IndexProc, PeerProc,
