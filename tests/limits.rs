@@ -280,7 +280,16 @@ fn a_peer_file_server_refuses_past_its_limit_and_sheds_only_idle_connections() {
         dir.path(),
         &index.url,
         true,
-        &["--max-connections", "2", "--upload-slots", "1"],
+        // A long request timeout: the downloads that do not read keep their places for the
+        // whole test (their cut is tests/hostile.rs's business).
+        &[
+            "--max-connections",
+            "2",
+            "--upload-slots",
+            "1",
+            "--request-timeout",
+            "120",
+        ],
     );
     get_until("the file is catalogued", &peer.addr, "/files/big.bin", 200);
     let mut stalled = TcpStream::connect(&peer.addr).unwrap();
